@@ -1,0 +1,1 @@
+"""Executors start workers: ``local`` as subprocesses on this host."""

@@ -1,0 +1,79 @@
+"""Run a worker as a local subprocess in its own process group.
+
+The whole group is killed on timeout and on Ctrl-C, so a backend's own children
+(tokenizer pools, vLLM engine processes, torchrun ranks) never outlive the run.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+# seconds a worker gets between SIGTERM and SIGKILL
+TERM_GRACE_S = 5.0
+
+
+@dataclass
+class WorkerRun:
+    command: list[str]
+    returncode: int | None
+    wall_s: float
+    timed_out: bool
+    log_path: Path
+
+
+def kill_group(proc: subprocess.Popen[bytes]) -> None:
+    """SIGTERM the worker's process group, then SIGKILL what is left."""
+    for sig, wait in ((signal.SIGTERM, TERM_GRACE_S), (signal.SIGKILL, 5.0)):
+        try:
+            os.killpg(proc.pid, sig)
+        except ProcessLookupError:
+            return
+        try:
+            proc.wait(timeout=wait)
+        except subprocess.TimeoutExpired:
+            continue
+        # the leader is gone; members that ignored SIGTERM may remain
+        try:
+            os.killpg(proc.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+        return
+
+
+def run_worker(command: list[str], *, env: dict[str, str], log_path: Path,
+               timeout: float | None, cwd: Path | None = None) -> WorkerRun:
+    log_path.parent.mkdir(parents=True, exist_ok=True)
+    started = time.perf_counter()
+    with log_path.open("wb") as log:
+        log.write(f"$ {' '.join(command)}\n".encode())
+        log.flush()
+        proc = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, env=env,
+                                cwd=cwd, start_new_session=True, stdin=subprocess.DEVNULL)
+        try:
+            returncode: int | None = proc.wait(timeout=timeout)
+            timed_out = False
+        except subprocess.TimeoutExpired:
+            kill_group(proc)
+            returncode, timed_out = None, True
+        except BaseException:
+            # Ctrl-C or an internal error: never leave an orphan worker behind
+            kill_group(proc)
+            raise
+    return WorkerRun(command, returncode, time.perf_counter() - started, timed_out, log_path)
+
+
+def log_tail(path: Path, lines: int = 25) -> str:
+    try:
+        with path.open("rb") as handle:
+            handle.seek(0, os.SEEK_END)
+            size = handle.tell()
+            handle.seek(max(0, size - 64 * 1024))
+            text = handle.read().decode("utf-8", errors="replace")
+    except OSError:
+        return "(no log)"
+    return "\n".join(text.splitlines()[-lines:])

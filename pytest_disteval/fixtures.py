@@ -1,0 +1,86 @@
+"""The ``disteval`` fixture: evaluate from a Python test, with the suites' jobs and store."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from .gates import Score, read_score
+from .jobs import EvalJob
+from .scheduler import JobOutcome, JobScheduler
+from .state import SCHEDULER
+from .suite import parse_suite
+
+
+class EvaluationFailed(AssertionError):
+    pass
+
+
+@dataclass
+class Evaluation:
+    """Results of one ``disteval.evaluate`` call."""
+
+    outcome: JobOutcome
+
+    @property
+    def results(self) -> dict[str, Any]:
+        """lm-eval's results dict, merged over the tasks evaluated."""
+        import json
+
+        assert self.outcome.results_path is not None
+        return json.loads(self.outcome.results_path.read_text())  # type: ignore[no-any-return]
+
+    def score(self, task: str, metric: str) -> Score:
+        """``metric`` as written in suites: ``acc`` or ``exact_match,strict-match``."""
+        key = metric if "," in metric else f"{metric},none"
+        for name, stored in self.outcome.entries.items():
+            if name == task or stored["task"] == task:
+                return read_score(stored["lm_eval"], stored["task"], key)
+        raise KeyError(f"task {task!r} was not evaluated; evaluated: "
+                       f"{', '.join(self.outcome.entries)}")
+
+
+class Disteval:
+    """Evaluate a model from Python; a failed evaluation raises EvaluationFailed."""
+
+    def __init__(self, scheduler: JobScheduler, base: Path, root: Path) -> None:
+        self._scheduler = scheduler
+        self._base = base
+        self._root = root
+
+    def evaluate(self, *, model: dict[str, Any], tasks: Sequence[str | dict[str, Any]],
+                 include: Sequence[str | Path] = (), workdir: str | Path | None = None,
+                 **defaults: Any) -> Evaluation:
+        """``model`` and ``tasks`` take the keys a suite takes; paths are relative to the
+        test file. ``defaults`` are task defaults: num_fewshot, limit, fewshot_seed."""
+        suite: dict[str, Any] = {
+            "disteval": 1,
+            "name": "python-api",
+            "include": [str(p) for p in include],
+            "models": [dict(model)],
+            "tasks": [t if isinstance(t, dict) else {"task": t} for t in tasks],
+        }
+        if workdir is not None:
+            suite["workdir"] = str(workdir)
+        if defaults:
+            suite["defaults"] = defaults
+        text = yaml.safe_dump(suite, sort_keys=False)
+        parsed = parse_suite(text, self._base / "<disteval.evaluate>", self._root)
+        spec = parsed.models[0]
+        job = self._scheduler.job_for(EvalJob(spec, parsed), spec.tasks)
+        outcome = self._scheduler.outcome(job)
+        if outcome.failure is not None and len(outcome.entries) < len(spec.tasks):
+            raise EvaluationFailed(outcome.failure.render())
+        return Evaluation(outcome)
+
+
+@pytest.fixture
+def disteval(request: pytest.FixtureRequest) -> Disteval:
+    """Run lm-eval evaluations from a test; shares jobs and the result store with suites."""
+    return Disteval(request.config.stash[SCHEDULER], Path(request.path).parent,
+                    request.config.rootpath)

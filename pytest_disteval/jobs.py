@@ -1,0 +1,122 @@
+"""EvalJob: one model configuration and the task entries selected for it.
+
+Items are grouped into jobs so a model loads once per session however many
+items need it, and only for the entries whose items survived ``-k``/``-m``.
+Keys are computed here: a job's ``model_key`` (everything about the model that
+changes a score) and one ``entry_key`` per task entry (task files, data files
+and settings), so cached results are shared by suites and by the fixture.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from functools import cached_property
+from pathlib import Path
+from typing import Any
+
+from . import __version__
+from .fingerprint import digest, files_digest, model_fingerprint, package_version
+from .localtasks import LocalTask, TaskIndex
+from .suite import ModelSpec, Suite, TaskEntry
+
+# bumped when the stored entry format or the meaning of a key changes
+CACHE_FORMAT = 1
+
+# lm-eval's model registry names for the suite's backend names
+LM_EVAL_MODEL = {"hf": "hf", "vllm": "vllm", "sglang": "sglang", "nemo_lm": "nemo_lm"}
+# packages whose versions can change what a backend computes
+BACKEND_PACKAGES = {
+    "hf": ("torch", "transformers", "accelerate", "peft"),
+    "vllm": ("vllm", "torch", "transformers"),
+    "sglang": ("sglang", "torch", "transformers"),
+    "nemo_lm": ("nemo_toolkit", "megatron-core", "torch"),
+}
+INSTALL_HINT = {
+    "hf": "pip install 'pytest-disteval[hf]'",
+    "vllm": "pip install vllm",
+    "sglang": "pip install 'sglang[all]'",
+    "nemo_lm": "pip install 'nemo_toolkit[nlp]'",
+}
+
+
+@dataclass
+class EvalJob:
+    """One model on one set of task entries, run by one worker."""
+
+    model: ModelSpec
+    suite: Suite
+    entries: list[TaskEntry] = field(default_factory=list)
+
+    @property
+    def name(self) -> str:
+        return self.model.name
+
+    @cached_property
+    def job_id(self) -> str:
+        # the same model in two suites with other include paths is another job
+        return digest({"model": self.model_key, "include": [str(p) for p in self.suite.include_paths],
+                       "workdir": str(self.suite.workdir)})[:16]
+
+    @cached_property
+    def model_identity(self) -> dict[str, Any]:
+        args = self.model.model_args
+        return {
+            "format": CACHE_FORMAT,
+            "backend": self.model.backend,
+            "model_args": args,
+            "fingerprint": model_fingerprint(str(args["pretrained"]), args.get("revision")),
+            "device": self.model.device,
+            "gen_kwargs": self.model.gen_kwargs,
+            "versions": {name: package_version(name)
+                         for name in ("lm_eval", *BACKEND_PACKAGES[self.model.backend])},
+        }
+
+    @cached_property
+    def model_key(self) -> str:
+        return digest(self.model_identity)
+
+    def entry_identity(self, entry: TaskEntry) -> dict[str, Any]:
+        index = self.suite.task_index
+        local = entry.local
+        files: dict[str, str] = {}
+        if local is not None and index is not None:
+            files = files_digest(_task_files(local, index, self.suite.workdir), self.suite.workdir)
+        return {"task": entry.task, "settings": entry.settings(), "files": files,
+                "local": local is not None}
+
+    def entry_key(self, entry: TaskEntry) -> str:
+        return digest({"model": self.model_key, "entry": self.entry_identity(entry)})
+
+    def add(self, entry: TaskEntry) -> None:
+        if all(e.name != entry.name for e in self.entries):
+            self.entries.append(entry)
+
+
+def _task_files(local: LocalTask, index: TaskIndex, workdir: Path,
+                seen: set[str] | None = None) -> list[Path]:
+    """The files that decide a local task's requests: YAML chain, helpers, data."""
+    seen = seen if seen is not None else set()
+    if local.name in seen:
+        return []
+    seen.add(local.name)
+    files = [local.path]
+    # `!function utils.fn` helpers live beside the YAML; `include:` bases too
+    files.extend(p for p in local.path.parent.iterdir() if p.suffix in {".py", ".yaml", ".yml"})
+    for spec in local.data_files():
+        files.append(workdir / spec)
+    dataset_path = local.dataset_path()
+    if dataset_path and (workdir / dataset_path).exists():
+        base = workdir / dataset_path
+        files.extend(base.rglob("*") if base.is_dir() else [base])
+    for sub in local.subtasks:
+        child = index.get(sub)
+        if child is not None:
+            files.extend(_task_files(child, index, workdir, seen))
+    return files
+
+
+def missing_data_files(entry: TaskEntry, workdir: Path) -> list[str]:
+    local = entry.local
+    if local is None:
+        return []
+    return [spec for spec in local.data_files() if not (workdir / spec).exists()]

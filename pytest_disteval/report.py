@@ -1,0 +1,66 @@
+"""The terminal summary: one row per threshold and budget item.
+
+Rows are built from test reports' ``user_properties``, which xdist sends from
+workers to the controller, so the table is the same with and without ``-n``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import pytest
+
+
+@dataclass
+class SummaryTable:
+    rows: list[dict[str, Any]] = field(default_factory=list)
+
+    def add(self, report: pytest.TestReport) -> None:
+        props = dict(report.user_properties)
+        if "kind" not in props or report.when != "call":
+            return
+        props["outcome"] = report.outcome
+        props["nodeid"] = report.nodeid
+        self.rows.append(props)
+
+    def add_skip(self, report: pytest.TestReport) -> None:
+        props = dict(report.user_properties)
+        if report.skipped and "model" in props and report.when == "call":
+            props.setdefault("kind", "budget")
+            props["outcome"] = "skipped"
+            self.rows.append(props)
+
+    def render(self) -> list[str]:
+        header = ("model", "task", "metric", "score ± stderr", "bound", "result", "n", "seconds")
+        table: list[tuple[str, ...]] = []
+        for row in self.rows:
+            if row["kind"] == "threshold":
+                score = row.get("score")
+                stderr = row.get("stderr")
+                if isinstance(score, float):
+                    err = f"{stderr:.4f}" if isinstance(stderr, float) else "N/A"
+                    value = f"{score:.4f} ± {err}"
+                else:
+                    value = "-"
+                metric = str(row.get("metric", ""))
+                task = str(row.get("task", ""))
+                seconds = row.get("eval_s")
+            else:
+                measured = row.get("measured")
+                value = f"{measured:.1f}s" if isinstance(measured, float) else "-"
+                metric = str(row.get("budget", ""))
+                task = "(budget)"
+                seconds = row.get("wall_time_s")
+            result = {"passed": "PASS", "failed": "FAIL", "skipped": "SKIP"}[row["outcome"]]
+            timing = f"{seconds:.1f}" if isinstance(seconds, float | int) else "-"
+            if row.get("cached") is True:
+                timing += " (cached)"
+            table.append((str(row.get("model", "")), task, metric.removesuffix(",none"), value,
+                          str(row.get("bound", "-")).split(" (tolerance")[0], result,
+                          str(row.get("n_samples", "") or "-"), timing))
+        widths = [max(len(header[i]), *(len(r[i]) for r in table)) for i in range(len(header))]
+        line = "  ".join(h.ljust(w) for h, w in zip(header, widths, strict=True))
+        out = [line, "  ".join("-" * w for w in widths)]
+        out.extend("  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)) for r in table)
+        return out

@@ -1,0 +1,275 @@
+"""Runs each EvalJob once per session and hands its results to the items.
+
+A job runs when its first item runs (so ``-x`` stops before later models load).
+Entries found in the store are not evaluated again; the rest go to one worker
+subprocess. A failed worker fails only the items whose entries it did not
+store; other jobs go on.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+import filelock
+
+from . import __version__
+from .executors.local import WorkerRun, log_tail, run_worker
+from .fingerprint import digest
+from .jobs import INSTALL_HINT, LM_EVAL_MODEL, EvalJob, missing_data_files
+from .settings import Settings
+from .store import ResultStore, merge_entries, write_json_atomic
+from .suite import TaskEntry
+
+# set in every worker: a quality gate must not depend on what a hub serves today
+OFFLINE_ENV = {
+    "HF_HUB_OFFLINE": "1",
+    "HF_DATASETS_OFFLINE": "1",
+    "TRANSFORMERS_OFFLINE": "1",
+    "HF_EVALUATE_OFFLINE": "1",
+    "TOKENIZERS_PARALLELISM": "false",
+    "PYTHONUNBUFFERED": "1",
+}
+EXIT_BAD_REQUEST = 3  # worker.EXIT_BAD_REQUEST, not imported: worker imports lm-eval lazily
+
+
+@dataclass
+class JobFailure:
+    """Why a job's worker did not deliver; rendered in every item that depended on it."""
+
+    message: str
+    command: list[str] = field(default_factory=list)
+    returncode: int | None = None
+    log_path: Path | None = None
+    tail: str = ""
+    timed_out: bool = False
+
+    def render(self) -> str:
+        lines = [self.message]
+        if self.command:
+            lines.append(f"command:   {' '.join(self.command)}")
+            status = ("killed after timeout" if self.timed_out
+                      else f"exit code {self.returncode}")
+            lines.append(f"status:    {status}")
+        if self.log_path is not None:
+            lines.append(f"log:       {self.log_path}")
+        if self.tail:
+            lines.append("last lines of the log:")
+            lines.extend(f"  | {line}" for line in self.tail.splitlines())
+        return "\n".join(lines)
+
+
+@dataclass
+class JobOutcome:
+    job: EvalJob
+    entries: dict[str, dict[str, Any]]  # entry name -> stored entry
+    cached: set[str]  # entry names that came from the store
+    failure: JobFailure | None
+    wall_s: float | None  # the worker's wall time in this session, None if none ran
+    recorded_wall_s: float | None  # the wall time recorded when these results were computed
+    results_path: Path | None = None
+
+    @property
+    def fully_cached(self) -> bool:
+        return bool(self.entries) and self.cached == set(self.entries) and self.wall_s is None
+
+
+def worker_env(extra: dict[str, str] | None = None) -> dict[str, str]:
+    env = dict(os.environ)
+    env.update(OFFLINE_ENV)
+    # the worker imports this package; make sure it resolves to this very copy
+    package_root = str(Path(__file__).resolve().parent.parent)
+    env["PYTHONPATH"] = os.pathsep.join(
+        p for p in (package_root, env.get("PYTHONPATH", "")) if p)
+    env.update(extra or {})
+    return env
+
+
+class JobScheduler:
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.jobs: dict[str, EvalJob] = {}
+        self.outcomes: dict[str, JobOutcome] = {}
+        self._tmp: tempfile.TemporaryDirectory[str] | None = None
+        if settings.use_cache:
+            self.store = ResultStore(settings.store_dir)
+            if settings.clear_cache:
+                self.store.clear()
+        else:
+            # results still need a place to land, just not one a later run reads
+            self._tmp = tempfile.TemporaryDirectory(prefix="disteval-nocache-")
+            self.store = ResultStore(Path(self._tmp.name))
+
+    def close(self) -> None:
+        if self._tmp is not None:
+            self._tmp.cleanup()
+
+    def job_for(self, job: EvalJob, entries: Iterable[TaskEntry]) -> EvalJob:
+        """Register ``job`` (or return the one already known) and add entries to it."""
+        key = job_key(job)
+        known = self.jobs.setdefault(key, job)
+        for entry in entries:
+            known.add(entry)
+        return known
+
+    def outcome(self, job: EvalJob) -> JobOutcome:
+        key = job_key(job)
+        job = self.jobs.setdefault(key, job)
+        known = self.outcomes.get(key)
+        # entries added after the job ran (the fixture, a later call) need another run
+        if known is None or any(e.name not in known.entries and known.failure is None
+                                for e in job.entries):
+            self.outcomes[key] = self._run(job)
+        return self.outcomes[key]
+
+    # -- running ---------------------------------------------------------------
+
+    def _run(self, job: EvalJob) -> JobOutcome:
+        keys = {e.name: job.entry_key(e) for e in job.entries}
+        lock_path = self.settings.base_dir / "locks" / f"{job.model_key}.lock"
+        lock_path.parent.mkdir(parents=True, exist_ok=True)
+        # two sessions (or xdist workers) on one model: the second waits, then reuses
+        with filelock.FileLock(str(lock_path)):
+            entries: dict[str, dict[str, Any]] = {}
+            for entry in job.entries:
+                stored = self.store.get(job.model_key, keys[entry.name])
+                if stored is not None:
+                    entries[entry.name] = stored
+            cached = set(entries)
+            todo = [e for e in job.entries if e.name not in entries]
+            failure = None
+            run: WorkerRun | None = None
+            if todo:
+                failure = _precheck(job, todo)
+                if failure is None:
+                    run, failure = self._start_worker(job, todo, keys)
+                for entry in todo:
+                    stored = self.store.get(job.model_key, keys[entry.name])
+                    if stored is not None:
+                        entries[entry.name] = stored
+            set_key = digest(sorted(keys.values()))
+            meta_path = self.store.root / "jobs" / f"{job.model_key}-{set_key}.json"
+            recorded = None
+            if run is not None and failure is None:
+                write_json_atomic(meta_path, {"wall_s": run.wall_s})
+            elif meta_path.exists():
+                try:
+                    recorded = float(json.loads(meta_path.read_text())["wall_s"])
+                except (OSError, ValueError, KeyError, TypeError):
+                    recorded = None
+        outcome = JobOutcome(job, entries, cached, failure,
+                             run.wall_s if run is not None else None,
+                             recorded if run is None else run.wall_s)
+        if entries:
+            outcome.results_path = self._write_results(job, entries)
+        return outcome
+
+    def _start_worker(self, job: EvalJob, todo: list[TaskEntry],
+                      keys: dict[str, str]) -> tuple[WorkerRun, JobFailure | None]:
+        run_dir = self.settings.runs_dir / f"{job.name}-{job.job_id[:8]}"
+        run_dir.mkdir(parents=True, exist_ok=True)
+        for stale in ("error.json", "meta.json"):
+            (run_dir / stale).unlink(missing_ok=True)
+        spec = self.worker_spec(job, todo, keys, run_dir)
+        spec_path = run_dir / "spec.json"
+        write_json_atomic(spec_path, spec)
+        command = [self.settings.python, "-m", "pytest_disteval.worker", str(spec_path)]
+        log_path = self.settings.logs_dir / f"{job.name}-{job.job_id[:8]}.log"
+        timeout = job.model.timeout or self.settings.timeout
+        run = run_worker(command, env=worker_env(), log_path=log_path, timeout=timeout)
+        if run.returncode == 0:
+            return run, None
+        error_file = run_dir / "error.json"
+        message = ""
+        if error_file.exists():
+            try:
+                message = str(json.loads(error_file.read_text())["message"])
+            except (OSError, ValueError, KeyError):
+                message = ""
+        if run.timed_out:
+            message = f"worker killed after the job timeout of {timeout:.0f}s"
+        elif not message:
+            message = f"worker for model {job.name!r} exited with code {run.returncode}"
+        elif run.returncode != EXIT_BAD_REQUEST:
+            message = f"worker for model {job.name!r} failed: {message}"
+        return run, JobFailure(message, command, run.returncode, log_path,
+                               log_tail(log_path), run.timed_out)
+
+    def worker_spec(self, job: EvalJob, todo: list[TaskEntry], keys: dict[str, str],
+                    run_dir: Path) -> dict[str, Any]:
+        runs: dict[str, dict[str, Any]] = {}
+        for entry in todo:
+            # one simple_evaluate call per distinct settings: lm-eval takes them per call
+            settings = entry.settings()
+            run = runs.setdefault(digest(settings), {"settings": settings, "entries": []})
+            run["entries"].append({
+                "task": entry.task,
+                "entry_key": keys[entry.name],
+                "path": str(self.store.path(job.model_key, keys[entry.name])),
+            })
+        model = job.model
+        return {
+            "backend": model.backend,
+            "lm_eval_model": LM_EVAL_MODEL[model.backend],
+            "install_hint": INSTALL_HINT[model.backend],
+            "model_args": model.model_args,
+            "batch_size": model.batch_size,
+            "device": model.device,
+            "gen_kwargs": model.gen_kwargs,
+            "include_paths": [str(p) for p in job.suite.include_paths],
+            "workdir": str(job.suite.workdir),
+            "all_local": all(_is_local(job, e) for e in todo),
+            "model_key": job.model_key,
+            "runs": list(runs.values()),
+            "error_path": str(run_dir / "error.json"),
+            "meta_path": str(run_dir / "meta.json"),
+        }
+
+    def _write_results(self, job: EvalJob, entries: dict[str, dict[str, Any]]) -> Path:
+        model = job.model
+        config = {
+            "model": LM_EVAL_MODEL[model.backend],
+            "model_args": model.model_args,
+            "batch_size": model.batch_size,
+            "device": model.device,
+            "gen_kwargs": model.gen_kwargs,
+            "disteval": {"version": __version__, "suite": str(job.suite.path),
+                         "model_key": job.model_key,
+                         "entries": {name: {"settings": e["settings"], "key": e["entry_key"],
+                                            "computed_at": e["computed_at"]}
+                                     for name, e in entries.items()}},
+        }
+        results = merge_entries(list(entries.values()), config)
+        results["date"] = datetime.now(timezone.utc).timestamp()
+        path = self.settings.results_dir / job.suite.name / f"{job.name}.json"
+        write_json_atomic(path, results)
+        return path
+
+
+def job_key(job: EvalJob) -> str:
+    # cheap (no hashing of weights): used at collection time for xdist grouping too
+    return f"{job.suite.path}::{job.name}"
+
+
+def _is_local(job: EvalJob, entry: TaskEntry) -> bool:
+    index = job.suite.task_index
+    return (entry.local is not None and index is not None
+            and all(sub in index for sub in entry.local.subtasks))
+
+
+def _precheck(job: EvalJob, todo: list[TaskEntry]) -> JobFailure | None:
+    """Problems worth reporting before a model is loaded."""
+    for entry in todo:
+        missing = missing_data_files(entry, job.suite.workdir)
+        if missing:
+            return JobFailure(
+                f"task {entry.task!r} ({entry.local.path if entry.local else '?'}) reads "
+                f"{', '.join(missing)}, not found relative to the suite's workdir "
+                f"{job.suite.workdir} (set 'workdir' in the suite to change the base)")
+    return None

@@ -1,0 +1,60 @@
+"""The per-session plugin object: planning jobs, keeping suite errors local, the summary."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+from .items import DistevalItem, SuiteFile
+from .report import SummaryTable
+from .state import SCHEDULER
+
+
+class DistevalSession:
+    """Registered in pytest_configure; holds what the hooks of one session share."""
+
+    def __init__(self, config: pytest.Config) -> None:
+        self.config = config
+        self.suite_errors = 0
+        self.summary = SummaryTable()
+
+    def pytest_collectreport(self, report: pytest.CollectReport) -> None:
+        if report.failed and isinstance(getattr(report, "disteval_suite", None), bool):
+            self.suite_errors += 1
+
+    @pytest.hookimpl(hookwrapper=True)
+    def pytest_make_collect_report(self, collector: pytest.Collector) -> Any:
+        outcome = yield
+        if isinstance(collector, SuiteFile):
+            # tag the report so errors of suite files can be told from others
+            outcome.get_result().disteval_suite = True
+
+    def pytest_collection_finish(self, session: pytest.Session) -> None:
+        # jobs are planned from the items left after -k / -m deselection
+        scheduler = self.config.stash[SCHEDULER]
+        for item in session.items:
+            if isinstance(item, DistevalItem):
+                item.job = scheduler.job_for(item.job, [item.entry] if item.entry else [])
+
+    @pytest.hookimpl(tryfirst=True)
+    def pytest_runtestloop(self, session: pytest.Session) -> None:
+        # a broken suite is one collection error; the other suites still run
+        if self.suite_errors and session.testsfailed == self.suite_errors:
+            session.config.option.continue_on_collection_errors = True
+
+    def pytest_runtest_logreport(self, report: pytest.TestReport) -> None:
+        if report.skipped:
+            self.summary.add_skip(report)
+        else:
+            self.summary.add(report)
+
+    def pytest_terminal_summary(self, terminalreporter: Any) -> None:
+        if not self.summary.rows:
+            return
+        terminalreporter.write_sep("=", "disteval summary")
+        for line in self.summary.render():
+            terminalreporter.write_line(line)
+
+    def pytest_unconfigure(self, config: pytest.Config) -> None:
+        config.stash[SCHEDULER].close()

@@ -1,0 +1,487 @@
+"""Suite files -> validated dataclasses, every error with ``file:line`` and key.
+
+A YAML file is a suite when its top level has the key ``disteval`` (the format
+version). Everything else in a repository (CI configs, lm-eval task YAMLs) is
+left alone: ``is_suite`` decides that from the text, without parsing it.
+
+The accepted keys are listed once, in ``suite.schema.json`` beside this module;
+the validator reads them from there so the schema editors use and the rules
+enforced here cannot drift apart.
+"""
+
+from __future__ import annotations
+
+import difflib
+import json
+import math
+import re
+from dataclasses import dataclass, field
+from functools import cache
+from pathlib import Path
+from typing import Any
+
+from . import yamlpos
+from .localtasks import LocalTask, TaskIndex
+from .units import parse_duration
+
+FORMAT_VERSION = 1
+BACKENDS = ("hf", "vllm", "sglang", "nemo_lm")
+BUDGET_KINDS = ("wall_time",)
+SCHEMA_PATH = Path(__file__).with_name("suite.schema.json")
+
+_SUITE_MARKER = re.compile(r"^disteval[ \t]*:", re.M)
+_NAME_OK = re.compile(r"^[A-Za-z0-9_.+-]+$")
+
+
+def is_suite(path: Path) -> bool:
+    """True when ``path`` is a YAML file with a top-level ``disteval:`` key."""
+    if path.suffix not in {".yaml", ".yml"}:
+        return False
+    try:
+        with path.open("r", encoding="utf-8", errors="replace") as handle:
+            return bool(_SUITE_MARKER.search(handle.read(1 << 16)))
+    except OSError:
+        return False
+
+
+@cache
+def schema() -> dict[str, Any]:
+    return json.loads(SCHEMA_PATH.read_text(encoding="utf-8"))  # type: ignore[no-any-return]
+
+
+def _keys(definition: str) -> tuple[str, ...]:
+    node = schema() if definition == "suite" else schema()["$defs"][definition]
+    return tuple(node["properties"])
+
+
+@dataclass(frozen=True)
+class Loc:
+    path: Path
+    line: int
+
+    def __str__(self) -> str:
+        return f"{self.path}:{self.line}"
+
+
+class SuiteError(ValueError):
+    """One or more problems in one suite file; ``str()`` lists them all."""
+
+    def __init__(self, path: Path, problems: list[tuple[int, str, str]]) -> None:
+        self.path = path
+        self.problems = problems  # (line, key path, message)
+        lines = [f"{path}:{line}: {key}: {msg}" if key else f"{path}:{line}: {msg}"
+                 for line, key, msg in problems]
+        super().__init__("\n".join(lines))
+
+
+@dataclass(frozen=True)
+class Threshold:
+    metric: str  # lm-eval's key, "acc,none" or "exact_match,strict-match"
+    written: str  # as the user wrote it ("acc")
+    min: float | None
+    max: float | None
+    tolerance: float  # in units of the metric's stderr
+    direction_given: bool  # min/max written explicitly (else from higher_is_better)
+    loc: Loc
+
+    @property
+    def metric_name(self) -> str:
+        return self.metric.split(",", 1)[0]
+
+    @property
+    def filter(self) -> str:
+        return self.metric.split(",", 1)[1]
+
+
+@dataclass(frozen=True)
+class Budget:
+    kind: str
+    limit: float  # seconds for wall_time
+    written: str
+    loc: Loc
+
+
+@dataclass
+class TaskEntry:
+    name: str  # node name; defaults to the task
+    task: str  # lm-eval task or group name
+    num_fewshot: int | None
+    limit: int | float | None
+    fewshot_seed: int
+    thresholds: list[Threshold]
+    marks: list[str]
+    loc: Loc
+    local: LocalTask | None = None
+
+    def settings(self) -> dict[str, Any]:
+        """What lm-eval must be told, besides the task, to reproduce this entry's score."""
+        return {"num_fewshot": self.num_fewshot, "limit": self.limit,
+                "fewshot_seed": self.fewshot_seed}
+
+
+@dataclass
+class ModelSpec:
+    name: str
+    backend: str
+    model_args: dict[str, Any]
+    batch_size: int | str
+    device: str | None
+    gen_kwargs: dict[str, Any] | None
+    tasks: list[TaskEntry]
+    budgets: list[Budget]
+    marks: list[str]
+    timeout: float | None
+    loc: Loc
+
+
+@dataclass
+class Suite:
+    path: Path
+    name: str
+    include_paths: list[Path]
+    workdir: Path
+    models: list[ModelSpec]
+    marks: list[str] = field(default_factory=list)
+    task_index: TaskIndex | None = None
+
+
+class _Problems:
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.items: list[tuple[int, str, str]] = []
+
+    def add(self, line: int, key: str, message: str) -> None:
+        self.items.append((line, key, message))
+
+    def unknown_keys(self, mapping: yamlpos.PosDict, allowed: tuple[str, ...], where: str) -> None:
+        for key in mapping:
+            if key not in allowed:
+                hint = difflib.get_close_matches(str(key), allowed, n=1)
+                did = f" (did you mean {hint[0]!r}?)" if hint else ""
+                self.add(mapping.line_of(key), f"{where}{key}",
+                         f"unknown key{did}; valid keys here: {', '.join(allowed)}")
+
+
+def _line(container: Any, key: Any, default: int) -> int:
+    if isinstance(container, yamlpos.PosDict | yamlpos.PosList):
+        return container.line_of(key)
+    return default
+
+
+def load_suite(path: Path, root: Path | None = None) -> Suite:
+    """Parse and validate one suite file; raise SuiteError listing every problem."""
+    return parse_suite(path.read_text(encoding="utf-8"), path, root)
+
+
+def parse_suite(text: str, path: Path, root: Path | None = None) -> Suite:
+    """Validate suite ``text`` as if read from ``path`` (relative paths resolve beside it)."""
+    shown = _display_path(path, root)
+    try:
+        data = yamlpos.load(text, path)
+    except yamlpos.YamlSyntaxError as exc:
+        raise SuiteError(shown, [(exc.line, "", str(exc).split(": ", 1)[1])]) from None
+    problems = _Problems(shown)
+    if not isinstance(data, yamlpos.PosDict):
+        raise SuiteError(shown, [(1, "", "a suite is a mapping with keys 'disteval' and 'models'")])
+    problems.unknown_keys(data, _keys("suite"), "")
+    version = data.get("disteval")
+    if version != FORMAT_VERSION:
+        problems.add(data.line_of("disteval"), "disteval",
+                     f"format version {version!r} is not supported; write 'disteval: 1'")
+    suite_dir = path.parent.resolve()
+
+    include_paths: list[Path] = []
+    raw_include = data.get("include", [])
+    include_list = [raw_include] if isinstance(raw_include, str) else raw_include
+    if not isinstance(include_list, list) or not all(isinstance(p, str) for p in include_list):
+        problems.add(data.line_of("include"), "include",
+                     "must be a directory path or a list of them, relative to the suite file")
+        include_list = []
+    for i, rel in enumerate(include_list):
+        inc = (suite_dir / rel).resolve()
+        if not inc.is_dir():
+            problems.add(_line(include_list, i, data.line_of("include")), f"include[{i}]",
+                         f"directory {rel!r} does not exist (looked for {inc})")
+        else:
+            include_paths.append(inc)
+
+    workdir = suite_dir
+    if "workdir" in data:
+        if not isinstance(data["workdir"], str) or not (suite_dir / data["workdir"]).is_dir():
+            problems.add(data.line_of("workdir"), "workdir",
+                         f"must be an existing directory relative to the suite file, "
+                         f"got {data['workdir']!r}")
+        else:
+            workdir = (suite_dir / data["workdir"]).resolve()
+
+    index = TaskIndex(include_paths)
+    defaults = data.get("defaults", yamlpos.PosDict())
+    if not isinstance(defaults, yamlpos.PosDict):
+        problems.add(data.line_of("defaults"), "defaults", "must be a mapping")
+        defaults = yamlpos.PosDict()
+        defaults.key_lines = {}
+    else:
+        problems.unknown_keys(defaults, _keys("defaults"), "defaults.")
+
+    suite_marks = _marks(data, "marks", "", problems)
+    shared_tasks = data.get("tasks", [])
+    if not isinstance(shared_tasks, list):
+        problems.add(data.line_of("tasks"), "tasks", "must be a list of task entries")
+        shared_tasks = []
+
+    models: list[ModelSpec] = []
+    raw_models = data.get("models")
+    if not isinstance(raw_models, list) or not raw_models:
+        problems.add(data.line_of("models"), "models",
+                     "required: a non-empty list of models (each with 'backend' and 'model_args')")
+        raw_models = []
+    seen_models: set[str] = set()
+    for i, raw in enumerate(raw_models):
+        where = f"models[{i}]"
+        line = _line(raw_models, i, data.line_of("models"))
+        if not isinstance(raw, yamlpos.PosDict):
+            problems.add(line, where, "must be a mapping with 'backend' and 'model_args'")
+            continue
+        model = _model(raw, where, suite_dir, problems)
+        if model is None:
+            continue
+        if model.name in seen_models:
+            problems.add(raw.line_of("name"), f"{where}.name",
+                         f"model name {model.name!r} is used twice in this suite; "
+                         "give each model a distinct 'name'")
+        seen_models.add(model.name)
+        entries: dict[str, TaskEntry] = {}
+        for src, src_where in ((shared_tasks, "tasks"), (raw.get("tasks", []), f"{where}.tasks")):
+            if not isinstance(src, list):
+                problems.add(raw.line_of("tasks"), f"{where}.tasks", "must be a list of task entries")
+                continue
+            for j, raw_task in enumerate(src):
+                entry = _task(raw_task, f"{src_where}[{j}]", _line(src, j, line), defaults,
+                              index, shown, problems)
+                if entry is None:
+                    continue
+                if entry.name in entries and src_where == "tasks":
+                    problems.add(entry.loc.line, f"{src_where}[{j}].name",
+                                 f"task entry name {entry.name!r} is used twice; "
+                                 "give one of them a distinct 'name' (e.g. arith_mc-3shot)")
+                # a model's own entry replaces the suite-wide entry of the same name
+                entries[entry.name] = entry
+        model.tasks = list(entries.values())
+        if not model.tasks and not model.budgets:
+            problems.add(line, where, "has no tasks and no budgets: nothing would be tested")
+        models.append(model)
+
+    if problems.items:
+        raise SuiteError(shown, sorted(problems.items))
+    name = data.get("name") if isinstance(data.get("name"), str) else path.stem
+    return Suite(shown, name, include_paths, workdir, models, suite_marks, index)
+
+
+def _display_path(path: Path, root: Path | None) -> Path:
+    if root is not None:
+        try:
+            return path.resolve().relative_to(root.resolve())
+        except ValueError:
+            pass
+    return path
+
+
+def _marks(raw: yamlpos.PosDict, key: str, where: str, problems: _Problems) -> list[str]:
+    value = raw.get(key, [])
+    if isinstance(value, str):
+        value = [value]
+    if not isinstance(value, list) or not all(
+        isinstance(m, str) and m.isidentifier() for m in value
+    ):
+        problems.add(raw.line_of(key), f"{where}{key}",
+                     "must be a list of pytest marker names (identifiers), e.g. [slow, nightly]")
+        return []
+    return list(value)
+
+
+def _model(raw: yamlpos.PosDict, where: str, suite_dir: Path,
+           problems: _Problems) -> ModelSpec | None:
+    problems.unknown_keys(raw, _keys("model"), f"{where}.")
+    backend = raw.get("backend")
+    if backend not in BACKENDS:
+        hint = difflib.get_close_matches(str(backend), BACKENDS, n=1)
+        did = f" (did you mean {hint[0]!r}?)" if hint else ""
+        problems.add(raw.line_of("backend"), f"{where}.backend",
+                     f"{'required' if backend is None else repr(backend) + ' is not a backend'}"
+                     f"{did}; valid: {', '.join(BACKENDS)}")
+        return None
+    model_args = raw.get("model_args")
+    if not isinstance(model_args, dict) or not model_args.get("pretrained"):
+        problems.add(raw.line_of("model_args"), f"{where}.model_args",
+                     "required: a mapping with at least 'pretrained' (a local path or a model id)")
+        return None
+    args = dict(model_args)
+    for key in ("pretrained", "tokenizer", "peft"):
+        # paths in a suite are relative to the suite file, not to where pytest runs
+        value = args.get(key)
+        if isinstance(value, str) and (suite_dir / value).exists():
+            args[key] = str((suite_dir / value).resolve())
+        elif isinstance(value, str) and value.startswith((".", "/")):
+            problems.add(model_args.line_of(key), f"{where}.model_args.{key}",
+                         f"path {value!r} does not exist (looked for {(suite_dir / value).resolve()})")
+    name = raw.get("name")
+    if name is None:
+        name = Path(str(args["pretrained"])).name
+    if not isinstance(name, str) or not _NAME_OK.match(name):
+        problems.add(raw.line_of("name"), f"{where}.name",
+                     f"{name!r} is not a valid name: use letters, digits and . _ + -")
+        name = str(name)
+    batch_size = raw.get("batch_size", 1)
+    if not (isinstance(batch_size, int) and not isinstance(batch_size, bool) and batch_size > 0) \
+            and not (isinstance(batch_size, str) and re.fullmatch(r"auto(:\d+)?", batch_size)):
+        problems.add(raw.line_of("batch_size"), f"{where}.batch_size",
+                     f"{batch_size!r} is not valid: a positive integer, 'auto' or 'auto:N'")
+    device = raw.get("device")
+    if device is not None and not isinstance(device, str):
+        problems.add(raw.line_of("device"), f"{where}.device", "must be a string such as cpu or cuda")
+    gen_kwargs = raw.get("gen_kwargs")
+    if gen_kwargs is not None and not isinstance(gen_kwargs, dict):
+        problems.add(raw.line_of("gen_kwargs"), f"{where}.gen_kwargs",
+                     "must be a mapping, e.g. {max_gen_toks: 64, temperature: 0}")
+        gen_kwargs = None
+    timeout = None
+    if "timeout" in raw:
+        try:
+            timeout = parse_duration(raw["timeout"])
+        except ValueError as exc:
+            problems.add(raw.line_of("timeout"), f"{where}.timeout", str(exc))
+    budgets: list[Budget] = []
+    raw_budgets = raw.get("budgets", {})
+    if not isinstance(raw_budgets, yamlpos.PosDict):
+        problems.add(raw.line_of("budgets"), f"{where}.budgets", "must be a mapping, e.g. {wall_time: 10m}")
+    else:
+        problems.unknown_keys(raw_budgets, BUDGET_KINDS, f"{where}.budgets.")
+        for kind in BUDGET_KINDS:
+            if kind in raw_budgets:
+                try:
+                    limit = parse_duration(raw_budgets[kind])
+                except ValueError as exc:
+                    problems.add(raw_budgets.line_of(kind), f"{where}.budgets.{kind}", str(exc))
+                    continue
+                budgets.append(Budget(kind, limit, str(raw_budgets[kind]),
+                                      Loc(problems.path, raw_budgets.line_of(kind))))
+    marks = _marks(raw, "marks", f"{where}.", problems)
+    return ModelSpec(name, str(backend), args, batch_size, device,
+                     dict(gen_kwargs) if gen_kwargs else None, [], budgets, marks, timeout,
+                     Loc(problems.path, raw.line))
+
+
+def _int_setting(raw: dict[str, Any], defaults: dict[str, Any], key: str, where: str,
+                 line: int, problems: _Problems, *, allow_fraction: bool = False) -> Any:
+    value = raw.get(key, defaults.get(key))
+    if value is None:
+        return None
+    ok = isinstance(value, int) and not isinstance(value, bool) and value >= 0
+    if allow_fraction and isinstance(value, float) and 0 < value <= 1:
+        ok = True
+    if not ok:
+        valid = "a non-negative integer" + (" or a fraction in (0, 1]" if allow_fraction else "")
+        problems.add(line, f"{where}{key}", f"{value!r} is not valid: {valid}")
+        return None
+    return value
+
+
+def _task(raw: Any, where: str, line: int, defaults: yamlpos.PosDict, index: TaskIndex,
+          shown: Path, problems: _Problems) -> TaskEntry | None:
+    if not isinstance(raw, yamlpos.PosDict) or "task" not in raw:
+        problems.add(line, where, "a task entry is a mapping with 'task' (an lm-eval task name) "
+                     "and 'thresholds'")
+        return None
+    problems.unknown_keys(raw, _keys("task"), f"{where}.")
+    task = raw["task"]
+    if not isinstance(task, str) or not task:
+        problems.add(raw.line_of("task"), f"{where}.task", "must be an lm-eval task or group name")
+        return None
+    name = raw.get("name", task)
+    if not isinstance(name, str) or not _NAME_OK.match(name):
+        problems.add(raw.line_of("name"), f"{where}.name",
+                     f"{name!r} is not valid: use letters, digits and . _ + -")
+        name = task
+    # a name not found locally may be one of lm-eval's ~14k built-in tasks: indexing
+    # those costs seconds, so the worker checks it (before the model loads)
+    local = index.get(task)
+    num_fewshot = _int_setting(raw, defaults, "num_fewshot", f"{where}.", raw.line_of("num_fewshot"),
+                               problems)
+    limit = _int_setting(raw, defaults, "limit", f"{where}.", raw.line_of("limit"), problems,
+                         allow_fraction=True)
+    seed = _int_setting(raw, defaults, "fewshot_seed", f"{where}.", raw.line_of("fewshot_seed"),
+                        problems)
+    if local is not None:
+        _check_data_files(local, raw, where, problems)
+    thresholds: list[Threshold] = []
+    raw_thresholds = raw.get("thresholds", {})
+    if not isinstance(raw_thresholds, yamlpos.PosDict):
+        problems.add(raw.line_of("thresholds"), f"{where}.thresholds",
+                     "must be a mapping of metric -> bound, e.g. {acc: 0.5}")
+    else:
+        known = local.metric_keys() if local is not None else None
+        for metric, spec in raw_thresholds.items():
+            t = _threshold(str(metric), spec, f"{where}.thresholds.{metric}",
+                           raw_thresholds.line_of(metric), known, shown, problems)
+            if t is not None:
+                thresholds.append(t)
+    marks = _marks(raw, "marks", f"{where}.", problems)
+    return TaskEntry(name, task, num_fewshot, limit, 1234 if seed is None else seed,
+                     thresholds, marks, Loc(shown, raw.line), local)
+
+
+def _check_data_files(local: LocalTask, raw: yamlpos.PosDict, where: str,
+                      problems: _Problems) -> None:
+    # checked against the workdir at run time too; here only an absolute miss is certain
+    for spec in local.data_files():
+        if Path(spec).is_absolute() and not Path(spec).exists():
+            problems.add(raw.line_of("task"), f"{where}.task",
+                         f"task {local.name!r} ({local.path}) reads data file {spec!r}, "
+                         "which does not exist")
+
+
+def _threshold(metric: str, spec: Any, where: str, line: int, known: dict[str, bool] | None,
+               shown: Path, problems: _Problems) -> Threshold | None:
+    key = metric if "," in metric else f"{metric},none"
+    if known is not None and key not in known:
+        written = sorted(k[:-5] if k.endswith(",none") else k for k in known)
+        hint = difflib.get_close_matches(metric, written, n=1)
+        did = f" (did you mean {hint[0]!r}?)" if hint else ""
+        problems.add(line, where, f"the task does not produce metric {metric!r}{did}; "
+                     f"it produces: {', '.join(written) or 'none'}")
+        return None
+    lo = hi = None
+    tolerance = 0.0
+    given = True
+    if isinstance(spec, int | float) and not isinstance(spec, bool):
+        lo = float(spec)
+        given = False  # the direction comes from higher_is_better
+    elif isinstance(spec, yamlpos.PosDict):
+        problems.unknown_keys(spec, _keys("threshold"), f"{where}.")
+        for bound in ("min", "max", "tolerance"):
+            v = spec.get(bound)
+            if v is not None and (isinstance(v, bool) or not isinstance(v, int | float)
+                                  or math.isnan(v)):
+                problems.add(spec.line_of(bound), f"{where}.{bound}", f"{v!r} is not a number")
+                return None
+        lo = None if spec.get("min") is None else float(spec["min"])
+        hi = None if spec.get("max") is None else float(spec["max"])
+        tolerance = float(spec.get("tolerance") or 0.0)
+        if lo is None and hi is None:
+            problems.add(line, where, "a threshold needs 'min' or 'max' (or both)")
+            return None
+        if lo is not None and hi is not None and lo > hi:
+            problems.add(line, where, f"min {lo} is above max {hi}")
+            return None
+        if tolerance < 0:
+            problems.add(spec.line_of("tolerance"), f"{where}.tolerance",
+                         "must be >= 0 (a number of standard errors)")
+            return None
+    else:
+        problems.add(line, where, f"{spec!r} is not a threshold: write a number (a bound in the "
+                     "direction of higher_is_better) or a mapping with min / max / tolerance")
+        return None
+    if known is not None and not given and not known[key]:
+        lo, hi = None, lo  # shorthand on a lower-is-better metric is a maximum
+        given = True
+    return Threshold(key, metric, lo, hi, tolerance, given, Loc(shown, line))
