@@ -94,7 +94,8 @@ class DistevalItem(pytest.Item):
         return self.config.stash[SCHEDULER]
 
     def reportinfo(self) -> tuple[Any, int | None, str]:
-        return self.path, self.loc.line - 1, f"{self.job.name}::{self.name}"
+        # the failure heading: model::task::metric, the node id without the file
+        return self.path, self.loc.line - 1, self.nodeid.split("::", 1)[1]
 
     def repr_failure(self, excinfo: pytest.ExceptionInfo[BaseException],
                      style: Any = None) -> Any:

@@ -351,8 +351,10 @@ def _model(raw: yamlpos.PosDict, where: str, suite_dir: Path,
         except ValueError as exc:
             problems.add(raw.line_of("timeout"), f"{where}.timeout", str(exc))
     budgets: list[Budget] = []
-    raw_budgets = raw.get("budgets", {})
-    if not isinstance(raw_budgets, yamlpos.PosDict):
+    raw_budgets = raw.get("budgets")
+    if raw_budgets is None:
+        pass
+    elif not isinstance(raw_budgets, yamlpos.PosDict):
         problems.add(raw.line_of("budgets"), f"{where}.budgets", "must be a mapping, e.g. {wall_time: 10m}")
     else:
         problems.unknown_keys(raw_budgets, BUDGET_KINDS, f"{where}.budgets.")
@@ -414,8 +416,10 @@ def _task(raw: Any, where: str, line: int, defaults: yamlpos.PosDict, index: Tas
     if local is not None:
         _check_data_files(local, raw, where, problems)
     thresholds: list[Threshold] = []
-    raw_thresholds = raw.get("thresholds", {})
-    if not isinstance(raw_thresholds, yamlpos.PosDict):
+    raw_thresholds = raw.get("thresholds")
+    if raw_thresholds is None:
+        pass
+    elif not isinstance(raw_thresholds, yamlpos.PosDict):
         problems.add(raw.line_of("thresholds"), f"{where}.thresholds",
                      "must be a mapping of metric -> bound, e.g. {acc: 0.5}")
     else:
