@@ -1,0 +1,698 @@
+"""GPU inventory (NVML or fake), groups kept on one interconnect domain, and leases.
+
+Imported at pytest collection time, so only the standard library is imported here;
+pynvml is imported when an NvmlInventory is built.
+"""
+
+from __future__ import annotations
+
+import errno
+import json
+import os
+import random
+import re
+import shlex
+import socket
+import sys
+import tempfile
+import threading
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from fractions import Fraction
+from pathlib import Path
+from types import TracebackType
+from typing import Any, Protocol, runtime_checkable
+
+VISIBLE_VAR = "CUDA_VISIBLE_DEVICES"
+LOCK_DIR_VAR = "PYTEST_DISTEVAL_LOCK_DIR"
+
+
+class NoGPUError(RuntimeError):
+    """NVML is unusable here (no driver, no library): the caller runs on CPU or says so."""
+
+
+class LeaseError(RuntimeError):
+    """A lease cannot be granted as asked (for example, the same thread asks twice)."""
+
+
+class LeaseTimeout(LeaseError, TimeoutError):
+    """No lease within the timeout; the message names who holds the GPUs."""
+
+
+@dataclass(frozen=True)
+class GPU:
+    index: int  # NVML (physical, PCI bus order) index, whatever CUDA_VISIBLE_DEVICES says
+    uuid: str
+    name: str
+    total_memory: int  # bytes
+    free_memory: int  # bytes, when the inventory was read
+
+
+@runtime_checkable
+class Inventory(Protocol):
+    @property
+    def source(self) -> str:  # "nvml" or "fake"
+        ...
+
+    def gpus(self) -> list[GPU]: ...
+
+    def domain(self, gpu: GPU) -> str | None: ...
+
+
+DomainOf = Callable[[GPU], "str | None"]
+
+# ---------------------------------------------------------------------------- sizes
+
+_UNITS = {
+    "b": 1,
+    "kb": 10**3,
+    "mb": 10**6,
+    "gb": 10**9,
+    "tb": 10**12,
+    "kib": 2**10,
+    "mib": 2**20,
+    "gib": 2**30,
+    "tib": 2**40,
+}
+_VALID_UNITS = "GiB, MiB, KiB, TiB (powers of 2) or GB, MB, KB, TB (powers of 10) or B"
+_SIZE_RE = re.compile(r"\s*(\d+(?:\.\d*)?|\.\d+)\s*([A-Za-z]*)\s*\Z")
+
+
+def parse_size(text: str) -> int:
+    """Bytes in "80GiB", "40 GB", "512MiB", "1.5GiB": a unit is required (GiB 2**30, GB 10**9)."""
+    match = _SIZE_RE.match(text) if isinstance(text, str) else None
+    if match is None:
+        raise ValueError(
+            f"invalid size {text!r}: expected a number and a unit, e.g. '80GiB' or '40 GB' "
+            f"(units: {_VALID_UNITS})"
+        )
+    number, unit = match.groups()
+    if not unit:
+        raise ValueError(
+            f"invalid size {text!r}: a unit is required, e.g. '{number}GiB' or '{number}GB' "
+            f"(units: {_VALID_UNITS})"
+        )
+    factor = _UNITS.get(unit.lower())
+    if factor is None:
+        # "G" could mean 10**9 or 2**30 and the two differ by 7%: make the user say which
+        raise ValueError(
+            f"invalid size {text!r}: unit {unit!r} is ambiguous or unknown; use one of "
+            f"{_VALID_UNITS}"
+        )
+    return round(Fraction(number) * factor)  # Fraction: exact for large byte counts
+
+
+def format_size(n: int) -> str:
+    """'80 GiB', '1.5 GiB', '512 MiB': for messages."""
+    for unit, factor in (("TiB", 2**40), ("GiB", 2**30), ("MiB", 2**20), ("KiB", 2**10)):
+        if n >= factor:
+            return f"{n / factor:.4g} {unit}"
+    return f"{n} B"
+
+
+def _indices(gpus: Sequence[GPU]) -> str:
+    return ",".join(str(g.index) for g in gpus) or "none"
+
+
+# ---------------------------------------------------------------------------- CUDA_VISIBLE_DEVICES
+
+
+def select_visible(
+    gpus: Sequence[GPU], value: str | None, variable: str = VISIBLE_VAR
+) -> list[GPU]:
+    """The GPUs that `value` (a CUDA_VISIBLE_DEVICES string) lets CUDA see, in its order.
+
+    Entries are NVML indices (CUDA's ordinals match them under CUDA_DEVICE_ORDER=PCI_BUS_ID,
+    and on machines of identical GPUs) or UUIDs, with or without "GPU-", possibly an
+    unambiguous prefix as CUDA accepts. Unlike CUDA, which silently drops everything
+    after a bad entry, a bad entry is an error here.
+    """
+    if value is None:
+        return list(gpus)
+    if value.strip() == "":
+        return []  # CUDA: set but empty hides every GPU
+    chosen: list[GPU] = []
+    for raw in value.split(","):
+        entry = raw.strip()
+        where = f"{variable}={value!r}"
+        if re.fullmatch(r"[+-]?\d+", entry):
+            if int(entry) < 0:
+                break  # CUDA stops at a negative ordinal: the "=-1 hides all GPUs" idiom
+            matches = [g for g in gpus if g.index == int(entry)]
+        elif entry.lower().startswith("mig-"):
+            raise ValueError(f"{where}: MIG device {entry!r} is not supported; name whole GPUs")
+        elif entry:
+            key = entry.lower() if entry.lower().startswith("gpu-") else "gpu-" + entry.lower()
+            matches = [g for g in gpus if g.uuid.lower().startswith(key)]
+        else:
+            raise ValueError(f"{where}: empty entry; expected indices or UUIDs, e.g. '0,1'")
+        if not matches:
+            known = ", ".join(f"{g.index} ({g.uuid})" for g in gpus) or "no GPUs"
+            raise ValueError(f"{where}: {entry!r} matches no GPU; this machine has {known}")
+        if len(matches) > 1:
+            raise ValueError(
+                f"{where}: {entry!r} is a prefix of several UUIDs "
+                f"({', '.join(g.uuid for g in matches)}); give more of it"
+            )
+        if matches[0] in chosen:
+            raise ValueError(f"{where}: GPU {matches[0].index} is listed twice")
+        chosen.append(matches[0])
+    return chosen
+
+
+# ---------------------------------------------------------------------------- inventories
+
+
+def _text(value: str | bytes) -> str:
+    # pynvml before 11.5 returns bytes, later ones str
+    return value.decode() if isinstance(value, bytes) else str(value)
+
+
+class NvmlInventory:
+    """The GPUs NVML reports, restricted by CUDA_VISIBLE_DEVICES, read once (see refresh).
+
+    `nvml` replaces the pynvml module (tests pass a fake); `environ` replaces os.environ.
+    """
+
+    source = "nvml"
+
+    def __init__(self, nvml: Any = None, environ: Mapping[str, str] | None = None) -> None:
+        self._nvml = nvml
+        self._environ = os.environ if environ is None else environ
+        self._gpus: list[GPU] = []
+        self._domains: dict[str, str | None] = {}
+        self.refresh()
+
+    def gpus(self) -> list[GPU]:
+        return list(self._gpus)
+
+    def domain(self, gpu: GPU) -> str | None:
+        return self._domains.get(gpu.uuid)
+
+    def refresh(self) -> None:
+        """Read GPUs, memory and topology again (free memory changes as others run)."""
+        nvml = self._nvml if self._nvml is not None else _import_pynvml()
+        try:
+            nvml.nvmlInit()
+        except Exception as exc:  # NVMLError_LibraryNotFound, DriverNotLoaded, ...
+            raise NoGPUError(
+                f"NVML could not initialise ({type(exc).__name__}: {exc}); "
+                "is an NVIDIA driver installed on this machine?"
+            ) from exc
+        try:
+            handles: dict[str, Any] = {}
+            every: list[GPU] = []
+            for i in range(nvml.nvmlDeviceGetCount()):
+                try:
+                    handle = nvml.nvmlDeviceGetHandleByIndex(i)
+                    memory = nvml.nvmlDeviceGetMemoryInfo(handle)
+                    gpu = GPU(
+                        index=i,
+                        uuid=_text(nvml.nvmlDeviceGetUUID(handle)),
+                        name=_text(nvml.nvmlDeviceGetName(handle)),
+                        total_memory=int(memory.total),
+                        free_memory=int(memory.free),
+                    )
+                except Exception as exc:
+                    raise RuntimeError(f"NVML failed to read GPU {i}: {exc}") from exc
+                handles[gpu.uuid] = handle
+                every.append(gpu)
+            visible = select_visible(every, self._environ.get(VISIBLE_VAR))
+            self._gpus = visible
+            self._domains = _nvml_domains(nvml, [(g, handles[g.uuid]) for g in visible])
+        finally:
+            try:
+                nvml.nvmlShutdown()
+            except Exception:
+                pass  # nothing to do about a failing shutdown, and the data is read
+
+
+def _import_pynvml() -> Any:
+    try:
+        import pynvml
+    except ImportError as exc:
+        raise NoGPUError(f"pynvml is not importable ({exc}); install nvidia-ml-py") from exc
+    return pynvml
+
+
+def _nvml_domains(nvml: Any, gpus: list[tuple[GPU, Any]]) -> dict[str, str | None]:
+    """Interconnect domain of each GPU: the connected components of "close" pairs.
+
+    Close means NVLink peer-to-peer (directly or through NVSwitch, so an HGX board is one
+    domain and NVLink-bridged pairs are pairs). Where no pair has NVLink, close means a
+    PCIe common ancestor no further than the host bridge (NVML_TOPOLOGY_HOSTBRIDGE):
+    crossing host bridges or sockets is where tensor-parallel all-reduces slow most. Where NVML
+    answers neither question (VMs, old drivers), every domain is None (unknown).
+    """
+    gpus = sorted(gpus, key=lambda pair: pair[0].index)
+    n = len(gpus)
+    unknown: dict[str, str | None] = {g.uuid: None for g, _ in gpus}
+    if n < 2:
+        return unknown
+    pairs = [(i, j) for i in range(n) for j in range(i + 1, n)]
+
+    def linked(test: Callable[[Any, Any], bool]) -> list[tuple[int, int]] | None:
+        found, answered = [], False
+        for i, j in pairs:
+            try:
+                close = test(gpus[i][1], gpus[j][1])
+            except Exception:
+                continue  # NVMLError_NotSupported and friends: this pair is not known
+            answered = True
+            if close:
+                found.append((i, j))
+        return found if answered else None
+
+    kind, edges = "nvlink", None
+    if hasattr(nvml, "nvmlDeviceGetP2PStatus") and hasattr(nvml, "NVML_P2P_CAPS_INDEX_NVLINK"):
+        edges = linked(
+            lambda a, b: (
+                nvml.nvmlDeviceGetP2PStatus(a, b, nvml.NVML_P2P_CAPS_INDEX_NVLINK)
+                == nvml.NVML_P2P_STATUS_OK
+            )
+        )
+    if not edges:
+        kind, edges = "pcie", None
+        if hasattr(nvml, "nvmlDeviceGetTopologyCommonAncestor"):
+            edges = linked(
+                lambda a, b: (
+                    nvml.nvmlDeviceGetTopologyCommonAncestor(a, b) <= nvml.NVML_TOPOLOGY_HOSTBRIDGE
+                )
+            )
+    if edges is None:
+        return unknown
+    parent = list(range(n))
+
+    def root(i: int) -> int:
+        while parent[i] != i:
+            parent[i] = parent[parent[i]]
+            i = parent[i]
+        return i
+
+    for i, j in edges:
+        parent[max(root(i), root(j))] = min(root(i), root(j))
+    # name a domain after its lowest-indexed GPU so the id is stable and readable
+    return {g.uuid: f"{kind}-{gpus[root(i)][0].index}" for i, (g, _) in enumerate(gpus)}
+
+
+class FakeInventory:
+    """A made-up machine for tests and --dry-run planning: see from_spec."""
+
+    source = "fake"
+
+    def __init__(self, gpus: Sequence[GPU], domains: Mapping[int, str] | None = None) -> None:
+        self._gpus = list(gpus)
+        self._domains = dict(domains or {})
+
+    def gpus(self) -> list[GPU]:
+        return list(self._gpus)
+
+    def domain(self, gpu: GPU) -> str | None:
+        return self._domains.get(gpu.index)
+
+    SPEC_HELP = (
+        "COUNTxSIZE[:NAME][/DOMAIN] or SIZE[:NAME],SIZE[:NAME],...[/DOMAIN], e.g. '8x80GiB', "
+        "'4x40GB:A100', '8x80GiB:H100/4' (NVLink domains of 4 GPUs), '80GiB,80GiB,40GiB'"
+    )
+
+    @classmethod
+    def from_spec(cls, spec: str) -> FakeInventory:
+        """'8x80GiB', '4x40GB:A100', '8x80GiB:H100/4', '80GiB,2x40GiB', or '0' for none."""
+        text = spec.strip()
+        if text.lower() in ("0", "none"):
+            return cls([])
+        body, per_domain = text, None
+        head, slash, tail = text.rpartition("/")
+        if slash:
+            if not re.fullmatch(r"\s*\d+\s*", tail) or int(tail) < 1:
+                raise cls._bad(spec, f"domain size {tail.strip()!r} is not a positive integer")
+            body, per_domain = head, int(tail)
+        gpus: list[GPU] = []
+        for term in body.split(","):
+            match = re.fullmatch(r"\s*(?:(\d+)\s*[x×]\s*)?([^:]*?)\s*(?::\s*(.*?))?\s*", term, re.I)
+            if match is None or not match.group(2):
+                raise cls._bad(spec, f"cannot read {term.strip()!r}")
+            count = int(match.group(1) or 1)
+            if count < 1:
+                raise cls._bad(spec, f"{term.strip()!r} has no GPUs")
+            try:
+                size = parse_size(match.group(2))
+            except ValueError as exc:
+                raise cls._bad(spec, str(exc)) from None
+            name = match.group(3) or "FakeGPU"
+            for _ in range(count):
+                i = len(gpus)
+                uuid = f"GPU-fa4e0000-0000-0000-0000-{i:012d}"
+                gpus.append(GPU(i, uuid, name, total_memory=size, free_memory=size))
+        domains = {g.index: str(g.index // per_domain) for g in gpus} if per_domain else None
+        return cls(gpus, domains)
+
+    @classmethod
+    def _bad(cls, spec: str, why: str) -> ValueError:
+        return ValueError(f"invalid fake GPU spec {spec!r}: {why}. Valid: {cls.SPEC_HELP}")
+
+
+# ---------------------------------------------------------------------------- groups
+
+
+def make_groups(
+    gpus: Sequence[GPU],
+    size: int,
+    count: int | None = None,
+    domain_of: DomainOf | Inventory | None = None,
+) -> list[list[GPU]]:
+    """Groups of `size` GPUs, contiguous in index order, each inside one domain.
+
+    GPUs that cannot complete a group in their domain are left out. A group larger than
+    every domain must cross a boundary anyway, so then domains are ignored. `count=None`
+    gives as many groups as fit; otherwise exactly `count` or a ValueError.
+    """
+    if size < 1:
+        raise ValueError(f"a group needs at least 1 GPU, not {size}")
+    if count is not None and count < 1:
+        raise ValueError(f"the number of groups must be at least 1, not {count}")
+    lookup = _domain_lookup(domain_of)
+    ordered = sorted(gpus, key=lambda g: g.index)
+    by_domain: dict[str | None, list[GPU]] = {}
+    for gpu in ordered:
+        by_domain.setdefault(lookup(gpu), []).append(gpu)
+    if by_domain and size > max(len(members) for members in by_domain.values()):
+        by_domain = {None: ordered}
+    groups = [
+        members[start : start + size]
+        for members in by_domain.values()
+        for start in range(0, len(members) - size + 1, size)
+    ]
+    groups.sort(key=lambda group: group[0].index)
+    wanted = 1 if count is None else count
+    if len(groups) < wanted:
+        need = f"a group of {size} needs" if wanted == 1 else f"{wanted} groups of {size} need"
+        message = f"{need} {wanted * size} GPUs; {len(ordered)} granted: {_indices(ordered)}"
+        if len(ordered) >= wanted * size:
+            domains = " | ".join(
+                f"{_indices(members)} ({name})" for name, members in by_domain.items()
+            )
+            message += (
+                f", but only {len(groups)} such group(s) fit without crossing an interconnect "
+                f"domain: {domains}"
+            )
+        raise ValueError(message)
+    return groups if count is None else groups[:count]
+
+
+def _domain_lookup(domain_of: DomainOf | Inventory | None) -> DomainOf:
+    if domain_of is None:
+        return lambda gpu: None
+    if isinstance(domain_of, Inventory):
+        return domain_of.domain
+    return domain_of
+
+
+# ---------------------------------------------------------------------------- leases
+
+# GPUs leased by this process (uuid -> thread ident): flock alone would refuse a second
+# lease too, but this also covers the moment between the check and the flock, and tells
+# "held by this process" apart in messages.
+_held: dict[str, int] = {}
+_held_lock = threading.Lock()
+
+
+def _forget_leases_in_child() -> None:
+    # a forked child shares its parent's locks but does not own them
+    global _held_lock
+    _held_lock = threading.Lock()
+    _held.clear()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_forget_leases_in_child)
+
+
+def default_lock_dir() -> Path:
+    """$PYTEST_DISTEVAL_LOCK_DIR, else /tmp/pytest-disteval-locks (one per host, all users)."""
+    configured = os.environ.get(LOCK_DIR_VAR)
+    if configured:
+        return Path(configured)
+    # not $TMPDIR: schedulers set it per job, and every session on the host must meet here
+    base = "/tmp" if os.name == "posix" else tempfile.gettempdir()
+    return Path(base) / "pytest-disteval-locks"
+
+
+class Lease:
+    """GPUs held by this process until release() (or the process's death)."""
+
+    def __init__(self, gpus: Sequence[GPU], fds: Mapping[str, int], owner: str) -> None:
+        self.gpus: list[GPU] = sorted(gpus, key=lambda g: g.index)
+        self.owner = owner
+        self._fds = dict(fds)
+
+    @property
+    def cuda_visible_devices(self) -> str:
+        return ",".join(str(g.index) for g in self.gpus)
+
+    @property
+    def released(self) -> bool:
+        return not self._fds
+
+    def env(self, base: Mapping[str, str] | None = None) -> dict[str, str]:
+        """`base` (default os.environ) with CUDA_VISIBLE_DEVICES set to this lease's GPUs."""
+        env = dict(os.environ if base is None else base)
+        env[VISIBLE_VAR] = self.cuda_visible_devices
+        # the indices are NVML's, which CUDA uses only in PCI bus order
+        env["CUDA_DEVICE_ORDER"] = "PCI_BUS_ID"
+        return env
+
+    def release(self) -> None:
+        """Give the GPUs back; releasing twice is harmless."""
+        with _held_lock:
+            fds, self._fds = self._fds, {}
+            for uuid in fds:
+                _held.pop(uuid, None)
+        for fd in fds.values():
+            os.close(fd)  # closing the last descriptor drops the flock
+
+    def __enter__(self) -> Lease:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        self.release()
+
+    def __repr__(self) -> str:
+        state = "released" if self.released else "held"
+        return f"<Lease GPUs {self.cuda_visible_devices} {state}>"
+
+
+class LeaseManager:
+    """Leases on GPUs shared by every process on this host that uses the same lock_dir.
+
+    One lock file per GPU UUID, held with flock(2): the kernel drops the lock when its
+    holder exits, however it dies, so a dead owner's GPUs are free again with no cleanup
+    and no guessing from PIDs. The lock file also holds the owner record (JSON: pid,
+    host, owner, since), so the record cannot drift from the lock it describes.
+    """
+
+    def __init__(self, lock_dir: Path | str | None = None, *, poll_interval: float = 0.05) -> None:
+        shared = lock_dir is None
+        self.lock_dir = default_lock_dir() if lock_dir is None else Path(lock_dir)
+        self.poll_interval = poll_interval
+        self._shared = shared
+        if not self.lock_dir.is_dir():
+            self.lock_dir.mkdir(parents=True, exist_ok=True)
+            if shared:
+                try:
+                    # sticky and world-writable, like /tmp: other users' sessions lease here too
+                    os.chmod(self.lock_dir, 0o1777)
+                except OSError:
+                    pass  # created by someone else in the meantime
+
+    def lock_path(self, gpu: GPU) -> Path:
+        return self.lock_dir / (re.sub(r"[^A-Za-z0-9._-]", "_", gpu.uuid) + ".lock")
+
+    def try_acquire(self, gpus: Sequence[GPU], *, owner: str = "") -> Lease | None:
+        """All of `gpus` leased now, or None (nothing held) if any is taken."""
+        chosen = self._validate(gpus)
+        me = threading.get_ident()
+        with _held_lock:
+            if any(g.uuid in _held for g in chosen):
+                return None
+            for gpu in chosen:
+                _held[gpu.uuid] = me  # reserve against other threads until the flocks are taken
+        fds: dict[str, int] = {}
+        try:
+            for gpu in chosen:  # sorted by UUID: one global order for every process
+                fd = self._open(gpu)
+                if not _flock(fd, exclusive=True):
+                    os.close(fd)
+                    break
+                fds[gpu.uuid] = fd
+            else:
+                record = self._record(chosen, owner)
+                for gpu in chosen:
+                    _write_record(fds[gpu.uuid], {**record, "gpu": gpu.index, "uuid": gpu.uuid})
+                return Lease(chosen, fds, record["owner"])
+        except BaseException:
+            self._undo(chosen, fds)
+            raise
+        self._undo(chosen, fds)  # all or nothing
+        return None
+
+    def acquire(
+        self, gpus: Sequence[GPU], *, timeout: float | None = None, owner: str = ""
+    ) -> Lease:
+        """All of `gpus`, waiting up to `timeout` seconds (None: forever)."""
+        return self.acquire_any([list(gpus)], timeout=timeout, owner=owner)
+
+    def acquire_any(
+        self,
+        candidate_groups: Sequence[Sequence[GPU]],
+        timeout: float | None = None,
+        *,
+        owner: str = "",
+    ) -> Lease:
+        """The first candidate group that is free, polling until `timeout` (None: forever)."""
+        if not candidate_groups:
+            raise ValueError("no candidate groups to lease")
+        me = threading.get_ident()
+        with _held_lock:
+            mine = [any(_held.get(g.uuid) == me for g in group) for group in candidate_groups]
+        if all(mine):
+            # waiting would never end: only this thread could release them
+            raise LeaseError(
+                f"{self._busy(candidate_groups)}; this thread already leases them, release first"
+            )
+        groups = [group for group, own in zip(candidate_groups, mine, strict=True) if not own]
+        deadline = None if timeout is None else time.monotonic() + timeout
+        delay = self.poll_interval
+        while True:
+            for group in groups:
+                lease = self.try_acquire(group, owner=owner)
+                if lease is not None:
+                    return lease
+            left = None if deadline is None else deadline - time.monotonic()
+            if left is not None and left <= 0:
+                raise LeaseTimeout(f"no GPUs leased within {timeout:g} s: {self._busy(groups)}")
+            # jitter, so that processes polling the same GPUs fall out of step
+            pause = delay * random.uniform(0.5, 1.5)
+            time.sleep(pause if left is None else min(pause, left))
+            delay = min(delay * 1.5, max(self.poll_interval, min(0.5, 20 * self.poll_interval)))
+
+    def holder(self, gpu: GPU) -> dict[str, Any] | None:
+        """The owner record of `gpu` if someone holds it now, else None.
+
+        The probe takes a shared flock for an instant, so a concurrent try_acquire may
+        find the GPU busy then; acquire() simply polls again.
+        """
+        try:
+            fd = os.open(self.lock_path(gpu), os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0))
+        except FileNotFoundError:
+            return None
+        try:
+            if _flock(fd, exclusive=False):
+                return None  # nobody holds it: a record left there is a past owner's
+            raw = b""
+            while chunk := os.read(fd, 65536):
+                raw += chunk
+        finally:
+            os.close(fd)
+        try:
+            record = json.loads(raw)
+        except ValueError:
+            record = None
+        if not isinstance(record, dict):
+            return {"gpu": gpu.index, "uuid": gpu.uuid, "pid": None, "note": "no owner record"}
+        return record
+
+    def describe_holder(self, gpu: GPU) -> str:
+        """'GPU 3 is held by pid 1234 on node7 (pytest -k foo) since 2025-01-01T10:00:00'."""
+        with _held_lock:
+            thread = _held.get(gpu.uuid)
+        if thread is not None:
+            return f"GPU {gpu.index} is held by this process (pid {os.getpid()}, thread {thread})"
+        record = self.holder(gpu)
+        if record is None:
+            return f"GPU {gpu.index} is free"
+        if record.get("pid") is None:
+            return f"GPU {gpu.index} is held (owner unknown: {self.lock_path(gpu)})"
+        return (
+            f"GPU {gpu.index} is held by pid {record['pid']} on {record.get('host', '?')} "
+            f"({record.get('owner', '')}) since {record.get('since', '?')}"
+        )
+
+    def _busy(self, groups: Sequence[Sequence[GPU]]) -> str:
+        seen: dict[str, GPU] = {g.uuid: g for group in groups for g in group}
+        described = [self.describe_holder(g) for g in sorted(seen.values(), key=lambda g: g.index)]
+        busy = [text for text in described if not text.endswith(" is free")]
+        return "; ".join(busy or described)
+
+    def _validate(self, gpus: Sequence[GPU]) -> list[GPU]:
+        if not gpus:
+            raise ValueError("a lease needs at least one GPU")
+        if len({g.uuid for g in gpus}) != len(gpus):
+            raise ValueError(f"GPUs listed twice in one lease: {_indices(gpus)}")
+        return sorted(gpus, key=lambda g: g.uuid)
+
+    def _open(self, gpu: GPU) -> int:
+        path = self.lock_path(gpu)
+        # O_NOFOLLOW: in a shared directory a planted symlink must not redirect our writes
+        flags = os.O_RDWR | os.O_CREAT | getattr(os, "O_NOFOLLOW", 0)
+        try:
+            fd = os.open(path, flags, 0o666)
+        except PermissionError:
+            # another user's file that is not writable: we can still lock it, not annotate it
+            return os.open(path, os.O_RDONLY | getattr(os, "O_NOFOLLOW", 0))
+        if self._shared:
+            try:
+                os.fchmod(fd, 0o666)  # past our umask, so other users can write records
+            except OSError:
+                pass  # not our file
+        return fd
+
+    def _record(self, gpus: Sequence[GPU], owner: str) -> dict[str, Any]:
+        text = owner or shlex.join([Path(sys.argv[0]).name, *sys.argv[1:]])[:200]
+        now = time.time()
+        return {
+            "pid": os.getpid(),
+            "host": socket.gethostname(),
+            "owner": text,
+            "since": datetime.fromtimestamp(now).astimezone().isoformat(timespec="seconds"),
+            "time": now,
+            "gpus": sorted(g.index for g in gpus),
+        }
+
+    def _undo(self, chosen: Sequence[GPU], fds: Mapping[str, int]) -> None:
+        for fd in fds.values():
+            os.close(fd)
+        with _held_lock:
+            for gpu in chosen:
+                _held.pop(gpu.uuid, None)
+
+
+def _flock(fd: int, *, exclusive: bool) -> bool:
+    """Take a flock without waiting; False if another open file holds a conflicting one."""
+    import fcntl  # POSIX only; imported here so the module imports on any platform
+
+    try:
+        fcntl.flock(fd, (fcntl.LOCK_EX if exclusive else fcntl.LOCK_SH) | fcntl.LOCK_NB)
+    except OSError as exc:
+        if exc.errno in (errno.EAGAIN, errno.EACCES, errno.EWOULDBLOCK):
+            return False
+        raise
+    return True
+
+
+def _write_record(fd: int, record: Mapping[str, Any]) -> None:
+    data = json.dumps(record).encode()
+    try:
+        # write, then cut the tail: a reader sees old or new text, never an empty file
+        os.lseek(fd, 0, os.SEEK_SET)
+        os.write(fd, data)
+        os.ftruncate(fd, len(data))
+    except OSError:
+        pass  # a read-only lock file (see _open): the lease holds, only unannotated
