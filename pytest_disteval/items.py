@@ -105,6 +105,8 @@ class DistevalItem(pytest.Item):
 
     def outcome(self) -> JobOutcome:
         outcome = self.scheduler.outcome(self.job)
+        if outcome.skip_reason and not outcome.entries:
+            pytest.skip(outcome.skip_reason)
         self.user_properties.append(("model", self.job.name))
         self.user_properties.append(("backend", self.job.model.backend))
         wall = outcome.wall_s if outcome.wall_s is not None else outcome.recorded_wall_s

@@ -22,20 +22,12 @@ from .suite import ModelSpec, Suite, TaskEntry
 # bumped when the stored entry format or the meaning of a key changes
 CACHE_FORMAT = 1
 
-# lm-eval's model registry names for the suite's backend names
-LM_EVAL_MODEL = {"hf": "hf", "vllm": "vllm", "sglang": "sglang", "nemo_lm": "nemo_lm"}
 # packages whose versions can change what a backend computes
 BACKEND_PACKAGES = {
     "hf": ("torch", "transformers", "accelerate", "peft"),
     "vllm": ("vllm", "torch", "transformers"),
     "sglang": ("sglang", "torch", "transformers"),
     "nemo_lm": ("nemo_toolkit", "megatron-core", "torch"),
-}
-INSTALL_HINT = {
-    "hf": "pip install 'pytest-disteval[hf]'",
-    "vllm": "pip install vllm",
-    "sglang": "pip install 'sglang[all]'",
-    "nemo_lm": "pip install 'nemo_toolkit[nlp]'",
 }
 
 

@@ -34,6 +34,29 @@ def pytest_addoption(parser: pytest.Parser) -> None:
                     default=None,
                     help="Wall-time limit of one job's worker, e.g. 90s, 30m, 2h, or off "
                          f"(default: {settings_mod.DEFAULT_TIMEOUT})")
+    group.addoption("--gpus", dest="disteval_gpus", metavar="N",
+                    help="GPUs to use: a count, 'all', or 0 for CPU "
+                         "(default: all visible GPUs, or CPU where there are none)")
+    group.addoption("--gpu-ids", dest="disteval_gpu_ids", metavar="IDS",
+                    help="Explicit GPU indices to use, e.g. 0,1,2,3")
+    group.addoption("--tp", dest="disteval_tp", metavar="N",
+                    help="Tensor parallel size of each group, or auto (overrides suites)")
+    group.addoption("--pp", dest="disteval_pp", metavar="N",
+                    help="Pipeline parallel size of each group (overrides suites)")
+    group.addoption("--dp", dest="disteval_dp", metavar="N",
+                    help="Replicas sharing each job's requests (default: as many groups as "
+                         "the GPUs allow; 1 on CPU)")
+    group.addoption("--disteval-plan", dest="disteval_plan", action="store_true",
+                    default=False,
+                    help="Print jobs, layouts, GPU groups and worker commands; run nothing")
+    group.addoption("--disteval-fake-gpus", dest="disteval_fake_gpus", metavar="SPEC",
+                    help="Plan for a GPU inventory this host lacks, e.g. 8x80GiB or "
+                         "8x80GiB:H100/4 (NVLink domains of 4)")
+    for name, text in (("gpus", "GPUs to use: a count, all, or 0"),
+                       ("gpu_ids", "Explicit GPU indices, e.g. 0,1,2,3"),
+                       ("tp", "Tensor parallel size, or auto"),
+                       ("pp", "Pipeline parallel size"), ("dp", "Replicas per job")):
+        parser.addini(f"disteval_{name}", text, default="")
     parser.addini("disteval_dir", "Directory for the result store, results and logs",
                   default="")
     parser.addini("disteval_cache", "Reuse stored results (true/false)", default="")

@@ -11,6 +11,8 @@ from __future__ import annotations
 import json
 import os
 import tempfile
+import threading
+import time
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
@@ -22,7 +24,12 @@ import filelock
 from . import __version__
 from .executors.local import WorkerRun, log_tail, run_worker
 from .fingerprint import digest
-from .jobs import INSTALL_HINT, LM_EVAL_MODEL, EvalJob, missing_data_files
+from . import planner
+from .backends import BACKENDS
+from .gpus import GPU, Inventory, LeaseManager, NoGPUError
+from .jobs import EvalJob, missing_data_files
+from .layout import Layout, LayoutError
+from .planner import JobPlan
 from .settings import Settings
 from .store import ResultStore, merge_entries, write_json_atomic
 from .suite import TaskEntry
@@ -74,6 +81,7 @@ class JobOutcome:
     wall_s: float | None  # the worker's wall time in this session, None if none ran
     recorded_wall_s: float | None  # the wall time recorded when these results were computed
     results_path: Path | None = None
+    skip_reason: str | None = None  # the backend is not installed (and not required)
 
     @property
     def fully_cached(self) -> bool:
@@ -97,6 +105,12 @@ class JobScheduler:
         self.jobs: dict[str, EvalJob] = {}
         self.outcomes: dict[str, JobOutcome] = {}
         self._tmp: tempfile.TemporaryDirectory[str] | None = None
+        self._plans: dict[str, JobPlan | LayoutError] = {}
+        self._inventory_loaded = False
+        self._inventory_value: Inventory | None = None
+        self.leases = LeaseManager(os.environ.get("PYTEST_DISTEVAL_LOCK_DIR")
+                                   or settings.base_dir / "leases"
+                                   if settings.gpu.fake_gpus else None)
         if settings.use_cache:
             self.store = ResultStore(settings.store_dir)
             if settings.clear_cache:
@@ -144,10 +158,14 @@ class JobScheduler:
             cached = set(entries)
             todo = [e for e in job.entries if e.name not in entries]
             failure = None
+            skip: str | None = None
             run: WorkerRun | None = None
             if todo:
-                failure = _precheck(job, todo)
-                if failure is None:
+                failure = _precheck(job, todo) or self._plan_failure(job)
+                skip = None if failure else self._backend_missing(job)
+                if skip and job.model.required:
+                    failure, skip = JobFailure(skip), None
+                if failure is None and skip is None:
                     run, failure = self._start_worker(job, todo, keys)
                 for entry in todo:
                     stored = self.store.get(job.model_key, keys[entry.name])
@@ -166,26 +184,90 @@ class JobScheduler:
         outcome = JobOutcome(job, entries, cached, failure,
                              run.wall_s if run is not None else None,
                              recorded if run is None else run.wall_s)
+        outcome.skip_reason = skip if todo else None
         if entries:
             outcome.results_path = self._write_results(job, entries)
         return outcome
 
     def _start_worker(self, job: EvalJob, todo: list[TaskEntry],
                       keys: dict[str, str]) -> tuple[WorkerRun, JobFailure | None]:
+        """Evaluate ``todo``: one direct worker, or dp shard workers then a scoring worker."""
+        plan = self.plan(job)
         run_dir = self.settings.runs_dir / f"{job.name}-{job.job_id[:8]}"
         run_dir.mkdir(parents=True, exist_ok=True)
-        for stale in ("error.json", "meta.json"):
-            (run_dir / stale).unlink(missing_ok=True)
-        spec = self.worker_spec(job, todo, keys, run_dir)
-        spec_path = run_dir / "spec.json"
-        write_json_atomic(spec_path, spec)
-        command = [self.settings.python, "-m", "pytest_disteval.worker", str(spec_path)]
-        log_path = self.settings.logs_dir / f"{job.name}-{job.job_id[:8]}.log"
+        for stale in run_dir.glob("*.json"):
+            stale.unlink()
+        spec = self.worker_spec(job, todo, keys, run_dir, plan)
         timeout = job.model.timeout or self.settings.timeout
-        run = run_worker(command, env=worker_env(), log_path=log_path, timeout=timeout)
+        started = time.perf_counter()
+        if plan.layout.dp == 1:
+            run = self._replica(job, plan, plan.groups[0], dict(spec, mode="direct"),
+                                run_dir / "spec.json", f"{job.name}-{job.job_id[:8]}", timeout)
+            return run, self._failure(job, run, run_dir / "error.json", timeout)
+        # dp > 1: every replica builds the full request list and executes its shard
+        responses = self.settings.base_dir / "responses" / f"{job.model_key}.sqlite"
+        runs: dict[int, WorkerRun] = {}
+
+        def shard(index: int, group: list[GPU], attempt: int) -> None:
+            shard_spec = dict(spec, mode="shard", responses=str(responses),
+                              shard={"index": index, "count": plan.layout.dp},
+                              error_path=str(run_dir / f"error-{index}.json"))
+            name = f"{job.name}-{job.job_id[:8]}-shard{index}" + (f"-retry{attempt}"
+                                                                    if attempt else "")
+            runs[index] = self._replica(job, plan, group, shard_spec,
+                                        run_dir / f"spec-shard{index}.json", name, timeout)
+
+        threads = [threading.Thread(target=shard, args=(i, g, 0), daemon=True)
+                   for i, g in enumerate(plan.groups)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+        for index in sorted(runs):
+            if runs[index].returncode != 0:
+                # once, on another group: what the shard stored is not redone
+                other = plan.groups[(index + 1) % len(plan.groups)]
+                shard(index, other, 1)
+        failed = [i for i in sorted(runs) if runs[i].returncode != 0]
+        if failed:
+            run = runs[failed[0]]
+            failure = self._failure(job, run, run_dir / f"error-{failed[0]}.json", timeout)
+            if failure is not None:
+                failure.message = (f"shard {failed[0]} of {plan.layout.dp} failed twice "
+                                   f"(the retry ran on another group): {failure.message}")
+            return run, failure
+        score = self._replica(job, plan, [], dict(spec, mode="score", responses=str(responses)),
+                              run_dir / "spec-score.json", f"{job.name}-{job.job_id[:8]}-score",
+                              timeout)
+        score.wall_s = time.perf_counter() - started
+        return score, self._failure(job, score, run_dir / "error.json", timeout)
+
+    def _replica(self, job: EvalJob, plan: JobPlan, group: list[GPU], spec: dict[str, Any],
+                 spec_path: Path, name: str, timeout: float | None) -> WorkerRun:
+        """Start one worker on ``group`` (leased for the time it runs) and wait for it."""
+        backend = BACKENDS[job.model.backend]
+        if group and self.inventory_source() == "nvml":
+            spec["device"] = spec.get("device") or "cuda"
+        write_json_atomic(spec_path, spec)
+        layout = plan.layout if spec.get("mode") != "score" else Layout()
+        command = [*backend.launch(self.settings.python, layout), str(spec_path)]
+        log_path = self.settings.logs_dir / f"{name}.log"
+        env = worker_env()
+        lease = None
+        if group:
+            lease = self.leases.acquire(group, timeout=timeout,
+                                        owner=f"pytest-disteval {job.suite.path}::{job.name}")
+            env.update(lease.env())
+        try:
+            return run_worker(command, env=env, log_path=log_path, timeout=timeout)
+        finally:
+            if lease is not None:
+                lease.release()
+
+    def _failure(self, job: EvalJob, run: WorkerRun, error_file: Path,
+                 timeout: float | None) -> JobFailure | None:
         if run.returncode == 0:
-            return run, None
-        error_file = run_dir / "error.json"
+            return None
         message = ""
         if error_file.exists():
             try:
@@ -198,11 +280,51 @@ class JobScheduler:
             message = f"worker for model {job.name!r} exited with code {run.returncode}"
         elif run.returncode != EXIT_BAD_REQUEST:
             message = f"worker for model {job.name!r} failed: {message}"
-        return run, JobFailure(message, command, run.returncode, log_path,
-                               log_tail(log_path), run.timed_out)
+        return JobFailure(message, run.command, run.returncode, run.log_path,
+                          log_tail(run.log_path), run.timed_out)
+
+    # -- planning --------------------------------------------------------------
+
+    def _plan_failure(self, job: EvalJob) -> JobFailure | None:
+        try:
+            self.plan(job)
+        except LayoutError as exc:
+            return JobFailure(f"cannot lay out model {job.name!r}: {exc}")
+        return None
+
+    @staticmethod
+    def _backend_missing(job: EvalJob) -> str | None:
+        backend = BACKENDS[job.model.backend]
+        if backend.available():
+            return None
+        return (f"backend {backend.name!r} is not installed (no module {backend.module!r}); "
+                f"install it with: {backend.install_hint}")
+
+    def inventory_source(self) -> str | None:
+        inv = self._inventory()
+        return inv.source if inv is not None else None
+
+    def _inventory(self) -> Inventory | None:
+        if not self._inventory_loaded:
+            self._inventory_value = planner.inventory(self.settings.gpu)
+            self._inventory_loaded = True
+        return self._inventory_value
+
+    def plan(self, job: EvalJob) -> JobPlan:
+        """The job's layout and groups; LayoutError says what to change."""
+        key = job_key(job)
+        if key not in self._plans:
+            try:
+                self._plans[key] = planner.plan_job(job, self.settings.gpu, self._inventory())
+            except (LayoutError, NoGPUError, ValueError) as exc:
+                self._plans[key] = LayoutError(str(exc))
+        plan = self._plans[key]
+        if isinstance(plan, LayoutError):
+            raise plan
+        return plan
 
     def worker_spec(self, job: EvalJob, todo: list[TaskEntry], keys: dict[str, str],
-                    run_dir: Path) -> dict[str, Any]:
+                    run_dir: Path, plan: JobPlan) -> dict[str, Any]:
         runs: dict[str, dict[str, Any]] = {}
         for entry in todo:
             # one simple_evaluate call per distinct settings: lm-eval takes them per call
@@ -214,11 +336,12 @@ class JobScheduler:
                 "path": str(self.store.path(job.model_key, keys[entry.name])),
             })
         model = job.model
+        backend = BACKENDS[model.backend]
         return {
             "backend": model.backend,
-            "lm_eval_model": LM_EVAL_MODEL[model.backend],
-            "install_hint": INSTALL_HINT[model.backend],
-            "model_args": model.model_args,
+            "lm_eval_model": backend.lm_eval_model,
+            "install_hint": backend.install_hint,
+            "model_args": plan.model_args,
             "batch_size": model.batch_size,
             "device": model.device,
             "gen_kwargs": model.gen_kwargs,
@@ -234,7 +357,7 @@ class JobScheduler:
     def _write_results(self, job: EvalJob, entries: dict[str, dict[str, Any]]) -> Path:
         model = job.model
         config = {
-            "model": LM_EVAL_MODEL[model.backend],
+            "model": BACKENDS[model.backend].lm_eval_model,
             "model_args": model.model_args,
             "batch_size": model.batch_size,
             "device": model.device,

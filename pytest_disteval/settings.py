@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 
+from .planner import GpuOptions
 from .units import parse_duration
 
 DEFAULT_TIMEOUT = "2h"
@@ -24,6 +25,8 @@ class Settings:
     clear_cache: bool
     timeout: float | None  # seconds per job; None: no limit
     python: str  # interpreter that runs the workers
+    gpu: GpuOptions = GpuOptions()
+    plan_only: bool = False  # --disteval-plan: print the plan, run nothing
 
     @property
     def store_dir(self) -> Path:
@@ -42,10 +45,16 @@ class Settings:
         return self.base_dir / "runs"
 
 
+# options whose flags are not --disteval-*: the layout words users already know
+_SHORT_FLAGS = {"disteval_gpus": "--gpus", "disteval_gpu_ids": "--gpu-ids",
+                "disteval_tp": "--tp", "disteval_pp": "--pp", "disteval_dp": "--dp"}
+
+
 def _pick(config: pytest.Config, option: str, ini: str, env: str) -> tuple[object, str]:
     value = config.getoption(option)
     if value is not None:
-        return value, f"--{option.replace('_', '-')}"
+        flag = _SHORT_FLAGS.get(option, f"--{option.replace('_', '-')}")
+        return value, flag
     ini_value = config.getini(ini)
     if ini_value not in (None, "", []):
         return ini_value, f"ini option {ini!r}"
@@ -90,4 +99,45 @@ def resolve(config: pytest.Config) -> Settings:
         clear_cache=bool(config.getoption("disteval_clear_cache")),
         timeout=timeout,
         python=sys.executable,
+        gpu=_gpu_options(config),
+        plan_only=bool(config.getoption("disteval_plan")),
     )
+
+
+def _positive(value: object, where: str, *, allow_zero: bool = False,
+              words: tuple[str, ...] = ()) -> int | str:
+    text = str(value).strip().lower()
+    if text in words:
+        return text
+    if text.isdigit() and (int(text) > 0 or (allow_zero and int(text) == 0)):
+        return int(text)
+    valid = ("a whole number >= 0" if allow_zero else "a whole number >= 1")
+    valid += "".join(f" or {w!r}" for w in words)
+    raise pytest.UsageError(f"{where}: {value!r} is not valid: {valid}")
+
+
+def _gpu_options(config: pytest.Config) -> GpuOptions:
+    values: dict[str, object] = {}
+    for name, allow_zero, words in (("gpus", True, ("all",)), ("tp", False, ("auto",)),
+                                    ("pp", False, ()), ("dp", False, ())):
+        value, where = _pick(config, f"disteval_{name}", f"disteval_{name}",
+                             f"DISTEVAL_{name.upper()}")
+        if value is not None:
+            values[name] = _positive(value, where, allow_zero=allow_zero, words=words)
+    ids, where = _pick(config, "disteval_gpu_ids", "disteval_gpu_ids", "DISTEVAL_GPU_IDS")
+    if ids is not None:
+        parts = [p.strip() for p in str(ids).split(",") if p.strip()]
+        if not parts or not all(p.isdigit() for p in parts):
+            raise pytest.UsageError(f"{where}: {ids!r} is not valid: comma-separated GPU "
+                                    "indices such as 0,1,2,3")
+        values["gpu_ids"] = tuple(int(p) for p in parts)
+    fake = config.getoption("disteval_fake_gpus")
+    if fake:
+        from .gpus import FakeInventory
+
+        try:
+            FakeInventory.from_spec(fake)
+        except ValueError as exc:
+            raise pytest.UsageError(f"--disteval-fake-gpus: {exc}") from None
+        values["fake_gpus"] = fake
+    return GpuOptions(**values)  # type: ignore[arg-type]

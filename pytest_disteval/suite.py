@@ -132,6 +132,10 @@ class ModelSpec:
     marks: list[str]
     timeout: float | None
     loc: Loc
+    tp: int | str | None = None  # an int or "auto"; None: from the command line or 1
+    pp: int | None = None
+    dp: int | None = None
+    required: bool = False  # fail, rather than skip, when the backend is not installed
 
 
 @dataclass
@@ -368,9 +372,24 @@ def _model(raw: yamlpos.PosDict, where: str, suite_dir: Path,
                 budgets.append(Budget(kind, limit, str(raw_budgets[kind]),
                                       Loc(problems.path, raw_budgets.line_of(kind))))
     marks = _marks(raw, "marks", f"{where}.", problems)
+    layout: dict[str, Any] = {}
+    for key in ("tp", "pp", "dp"):
+        value = raw.get(key)
+        if value is None or (key == "tp" and value == "auto"):
+            layout[key] = value
+        elif isinstance(value, int) and not isinstance(value, bool) and value >= 1:
+            layout[key] = value
+        else:
+            valid = "a whole number >= 1" + (" or 'auto'" if key == "tp" else "")
+            problems.add(raw.line_of(key), f"{where}.{key}", f"{value!r} is not valid: {valid}")
+    required = raw.get("required", False)
+    if not isinstance(required, bool):
+        problems.add(raw.line_of("required"), f"{where}.required", "must be true or false")
+        required = False
     return ModelSpec(name, str(backend), args, batch_size, device,
                      dict(gen_kwargs) if gen_kwargs else None, [], budgets, marks, timeout,
-                     Loc(problems.path, raw.line))
+                     Loc(problems.path, raw.line), layout.get("tp"), layout.get("pp"),
+                     layout.get("dp"), required)
 
 
 def _int_setting(raw: dict[str, Any], defaults: dict[str, Any], key: str, where: str,

@@ -1,0 +1,69 @@
+"""Backends turn a layout into lm-eval model_args and the worker's launch command.
+
+Parallel math inside a group is the backend's: HF spreads a model over the
+group's GPUs with a device map (``parallelize=True``), vLLM and SGLang split
+attention heads (tp) and layers (pp), NeMo runs one rank per GPU under
+torchrun. dp is ours for every backend: each group runs one replica on its
+shard of the requests.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+from dataclasses import dataclass
+from typing import Any
+
+from .layout import Layout
+
+
+@dataclass(frozen=True)
+class Backend:
+    name: str  # as written in suites
+    lm_eval_model: str  # lm-eval's registry name
+    module: str  # the package that must import in the worker
+    install_hint: str
+    splits_heads: bool  # tp must divide the attention heads
+    torchrun: bool  # one process per GPU of the group
+
+    def available(self) -> bool:
+        # find_spec does not import the package: collection and planning stay light
+        return importlib.util.find_spec(self.module) is not None
+
+    def model_args(self, args: dict[str, Any], layout: Layout, on_gpu: bool) -> dict[str, Any]:
+        """The suite's model_args with the layout applied (the suite's own keys win)."""
+        out = dict(args)
+        if self.name == "hf":
+            if on_gpu and layout.group_size > 1:
+                # accelerate's device map over the GPUs CUDA_VISIBLE_DEVICES shows: the group
+                out.setdefault("parallelize", True)
+        elif self.name == "vllm":
+            out["tensor_parallel_size"] = layout.tp
+            out["pipeline_parallel_size"] = layout.pp
+            out["data_parallel_size"] = 1  # dp is done by our shards, one engine per group
+        elif self.name == "sglang":
+            out["tp_size"] = layout.tp
+            out["dp_size"] = 1
+        elif self.name == "nemo_lm":
+            out["tensor_model_parallel_size"] = layout.tp
+            out["pipeline_model_parallel_size"] = layout.pp
+            out["devices"] = layout.group_size
+        return out
+
+    def launch(self, python: str, layout: Layout) -> list[str]:
+        """The command prefix that starts one replica's worker (the spec path follows)."""
+        if self.torchrun and layout.group_size > 1:
+            return [python, "-m", "torch.distributed.run", "--standalone",
+                    f"--nproc-per-node={layout.group_size}", "-m", "pytest_disteval.worker"]
+        return [python, "-m", "pytest_disteval.worker"]
+
+
+BACKENDS: dict[str, Backend] = {
+    "hf": Backend("hf", "hf", "transformers", "pip install 'pytest-disteval[hf]'",
+                  splits_heads=False, torchrun=False),
+    "vllm": Backend("vllm", "vllm", "vllm", "pip install vllm",
+                    splits_heads=True, torchrun=False),
+    "sglang": Backend("sglang", "sglang", "sglang", "pip install 'sglang[all]'",
+                      splits_heads=True, torchrun=False),
+    "nemo_lm": Backend("nemo_lm", "nemo_lm", "nemo", "pip install 'nemo_toolkit[nlp]'",
+                       splits_heads=True, torchrun=True),
+}

@@ -1,0 +1,157 @@
+"""From options, inventory and a job to a JobPlan: layout, groups, model_args.
+
+Precedence of a layout value: command line (--tp/--pp/--dp) > the suite's
+model (tp/pp/dp) > automatic (tp from the memory estimate, dp from the GPUs
+left). --gpus / --gpu-ids cap what may be used at all. Every check runs
+before a worker starts, and its message says what to change.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from .backends import BACKENDS
+from .gpus import GPU, FakeInventory, Inventory, NoGPUError, NvmlInventory, format_size, make_groups
+from .jobs import EvalJob
+from .layout import (
+    Layout,
+    LayoutError,
+    count_parameters,
+    estimate_memory,
+    local_model_dir,
+    plan_layout,
+    read_attention_heads,
+)
+
+
+@dataclass(frozen=True)
+class GpuOptions:
+    gpus: int | str | None = None  # a count, "all", 0 for CPU; None: all, or CPU if none
+    gpu_ids: tuple[int, ...] | None = None
+    tp: int | str | None = None  # an int or "auto"
+    pp: int | None = None
+    dp: int | None = None
+    fake_gpus: str | None = None
+
+
+@dataclass
+class JobPlan:
+    layout: Layout
+    groups: list[list[GPU]]  # one per replica; empty lists on CPU
+    on_gpu: bool
+    model_args: dict[str, Any]
+    params: int | None = None
+    memory_needed: int | None = None
+    notes: list[str] = field(default_factory=list)
+
+    def describe(self, job: EvalJob, python: str) -> list[str]:
+        backend = BACKENDS[job.model.backend]
+        lines = [f"job {job.suite.path}::{job.name}  backend={job.model.backend}  {self.layout}"]
+        if self.params is not None:
+            need = format_size(self.memory_needed) if self.memory_needed else "?"
+            lines.append(f"  model: {self.params / 1e9:.2f}B parameters, about {need} per "
+                         f"replica (params x bytes per param x 1.2)")
+        lines.extend(f"  {note}" for note in self.notes)
+        for i, group in enumerate(self.groups):
+            where = ("GPUs " + ",".join(str(g.index) for g in group) + " ("
+                     + ", ".join(sorted({g.name for g in group})) + ")") if group else "CPU"
+            env = (f"CUDA_VISIBLE_DEVICES={','.join(str(g.index) for g in group)} "
+                   if group else "")
+            command = " ".join(backend.launch(python, self.layout))
+            lines.append(f"  replica {i}: {where}")
+            lines.append(f"    $ {env}{command} <spec>")
+        args = ",".join(f"{k}={v}" for k, v in self.model_args.items())
+        lines.append(f"  model_args: {args}")
+        tasks = ", ".join(e.task for e in job.entries) or "(none selected)"
+        lines.append(f"  tasks: {tasks}")
+        return lines
+
+
+def inventory(options: GpuOptions) -> Inventory | None:
+    """The GPUs of this host (or the fake ones); None where there are none."""
+    if options.fake_gpus is not None:
+        return FakeInventory.from_spec(options.fake_gpus)
+    if options.gpus == 0:
+        return None
+    try:
+        return NvmlInventory()
+    except NoGPUError:
+        if options.gpus not in (None, "all") or options.gpu_ids:
+            raise
+        return None
+
+
+def granted_gpus(inv: Inventory | None, options: GpuOptions) -> tuple[list[GPU], str]:
+    """The GPUs this session may use, and where that came from (for messages)."""
+    if inv is None:
+        return [], "no GPU (CPU run)"
+    gpus = inv.gpus()
+    source = f"{len(gpus)} visible ({inv.source})"
+    if options.gpu_ids is not None:
+        by_index = {g.index: g for g in gpus}
+        missing = [i for i in options.gpu_ids if i not in by_index]
+        if missing:
+            raise LayoutError(f"--gpu-ids {','.join(map(str, options.gpu_ids))}: no GPU "
+                              f"{','.join(map(str, missing))}; visible: "
+                              f"{','.join(str(g.index) for g in gpus) or 'none'}")
+        gpus = [by_index[i] for i in options.gpu_ids]
+        source = f"--gpu-ids {','.join(map(str, options.gpu_ids))}"
+    if isinstance(options.gpus, int) and options.gpus > 0:
+        if options.gpus > len(gpus):
+            raise LayoutError(f"--gpus {options.gpus} asks for more GPUs than the "
+                              f"{len(gpus)} available ({source})")
+        gpus = gpus[: options.gpus]
+        source = f"--gpus {options.gpus}"
+    return gpus, source
+
+
+def plan_job(job: EvalJob, options: GpuOptions, inv: Inventory | None) -> JobPlan:
+    model = job.model
+    backend = BACKENDS[model.backend]
+    gpus, source = granted_gpus(inv, options)
+    notes: list[str] = []
+    tp = _pick("tp", options.tp, model.tp, notes)
+    pp = _pick("pp", options.pp, model.pp, notes)
+    dp = _pick("dp", options.dp, model.dp, notes)
+    if model.device == "cpu" or not gpus:
+        # CPU: no groups to split a model over; dp replicas are processes
+        if (isinstance(tp, int) and tp > 1) or (pp or 1) > 1:
+            raise LayoutError(f"model {model.name!r} runs on CPU ({source}), where tp and pp "
+                              "must be 1; give it GPUs (--gpus N) or drop tp/pp")
+        layout = Layout(1, 1, dp or 1)
+        return JobPlan(layout, [[] for _ in range(layout.dp)], False,
+                       backend.model_args(model.model_args, layout, False), notes=notes)
+    pretrained = str(model.model_args["pretrained"])
+    params = memory = heads = None
+    local = local_model_dir(pretrained)
+    if local is not None:
+        try:
+            params = count_parameters(local)
+            dtype = str(model.model_args.get("dtype", model.model_args.get("torch_dtype",
+                                                                          "auto")))
+            memory = estimate_memory(params, dtype, local)
+        except LayoutError as exc:
+            notes.append(f"no memory estimate: {exc}")
+        heads = read_attention_heads(local)
+    elif tp == "auto":
+        raise LayoutError(f"tp: auto needs the model's config.json; {pretrained!r} is not a "
+                          "local directory or a model in the local Hugging Face cache")
+    layout = plan_layout(gpus_granted=len(gpus), gpu_memory=min(g.total_memory for g in gpus),
+                         memory_needed=memory, tp=tp, pp=pp, dp=dp, heads=heads,
+                         needs_heads_divisible=backend.splits_heads, gpus_source=source)
+    groups = make_groups(gpus, layout.group_size, layout.dp, inv)
+    real = inv is not None and inv.source == "nvml"
+    if not real:
+        notes.append("fake GPU inventory: workers run on the CPU, one per group")
+    return JobPlan(layout, groups, real, backend.model_args(model.model_args, layout, real),
+                   params, memory, notes)
+
+
+def _pick(name: str, cli: Any, suite: Any, notes: list[str]) -> Any:
+    if cli is not None:
+        if suite is not None and suite != cli:
+            notes.append(f"{name}={cli} from the command line (the suite says {suite})")
+        return cli
+    return suite
+
