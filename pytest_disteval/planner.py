@@ -50,7 +50,9 @@ class JobPlan:
         lines = [f"job {job.suite.path}::{job.name}  backend={job.model.backend}  {self.layout}"]
         if self.params is not None:
             need = format_size(self.memory_needed) if self.memory_needed else "?"
-            lines.append(f"  model: {self.params / 1e9:.2f}B parameters, about {need} per "
+            count = (f"{self.params / 1e9:.2f}B" if self.params >= 1e8
+                     else f"{self.params / 1e6:.2f}M")
+            lines.append(f"  model: {count} parameters, about {need} per "
                          f"replica (params x bytes per param x 1.2)")
         lines.extend(f"  {note}" for note in self.notes)
         for i, group in enumerate(self.groups):

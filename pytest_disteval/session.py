@@ -8,7 +8,9 @@ import pytest
 
 from .items import DistevalItem, SuiteFile
 from .report import SummaryTable
-from .state import SCHEDULER
+from .layout import LayoutError
+from .scheduler import JobScheduler
+from .state import SCHEDULER, SETTINGS
 
 
 class DistevalSession:
@@ -36,12 +38,32 @@ class DistevalSession:
         for item in session.items:
             if isinstance(item, DistevalItem):
                 item.job = scheduler.job_for(item.job, [item.entry] if item.entry else [])
+        if self.config.stash[SETTINGS].plan_only:
+            self._print_plan(scheduler)
+
+    def _print_plan(self, scheduler: JobScheduler) -> None:
+        reporter = self.config.pluginmanager.get_plugin("terminalreporter")
+        if reporter is None:
+            return
+        source = scheduler.inventory_source() or "none (CPU)"
+        reporter.write_sep("=", f"disteval plan (GPU inventory: {source})")
+        for job in scheduler.jobs.values():
+            try:
+                lines = scheduler.plan(job).describe(job, scheduler.settings.python)
+            except LayoutError as exc:
+                lines = [f"job {job.suite.path}::{job.name}  backend={job.model.backend}",
+                         f"  cannot lay out: {exc}"]
+            for line in lines:
+                reporter.write_line(line)
 
     @pytest.hookimpl(tryfirst=True)
-    def pytest_runtestloop(self, session: pytest.Session) -> None:
+    def pytest_runtestloop(self, session: pytest.Session) -> bool | None:
         # a broken suite is one collection error; the other suites still run
         if self.suite_errors and session.testsfailed == self.suite_errors:
             session.config.option.continue_on_collection_errors = True
+        if self.config.stash[SETTINGS].plan_only:
+            return True  # the plan is printed; nothing runs
+        return None
 
     def pytest_runtest_logreport(self, report: pytest.TestReport) -> None:
         if report.skipped:
