@@ -14,7 +14,6 @@ from functools import cached_property
 from pathlib import Path
 from typing import Any
 
-from . import __version__
 from .fingerprint import digest, files_digest, model_fingerprint, package_version
 from .localtasks import LocalTask, TaskIndex
 from .suite import ModelSpec, Suite, TaskEntry
@@ -38,6 +37,9 @@ class EvalJob:
     model: ModelSpec
     suite: Suite
     entries: list[TaskEntry] = field(default_factory=list)
+    # (tp, pp) of the plan: a split model computes in another order (dp does not matter:
+    # sharded scores are exact); set by the scheduler before the keys are read
+    split: tuple[int, int] = (1, 1)
 
     @property
     def name(self) -> str:
@@ -46,7 +48,8 @@ class EvalJob:
     @cached_property
     def job_id(self) -> str:
         # the same model in two suites with other include paths is another job
-        return digest({"model": self.model_key, "include": [str(p) for p in self.suite.include_paths],
+        include = [str(p) for p in self.suite.include_paths]
+        return digest({"model": self.model_key, "include": include,
                        "workdir": str(self.suite.workdir)})[:16]
 
     @cached_property
@@ -58,6 +61,7 @@ class EvalJob:
             "model_args": args,
             "fingerprint": model_fingerprint(str(args["pretrained"]), args.get("revision")),
             "device": self.model.device,
+            "split": list(self.split),
             "gen_kwargs": self.model.gen_kwargs,
             "versions": {name: package_version(name)
                          for name in ("lm_eval", *BACKEND_PACKAGES[self.model.backend])},

@@ -4,16 +4,14 @@ from __future__ import annotations
 
 from pathlib import Path
 
-
 import pytest
 
 from . import settings as settings_mod
 from .items import SuiteFile
-from .session import DistevalSession
 from .scheduler import JobScheduler
+from .session import DistevalSession
 from .state import SCHEDULER, SETTINGS
 from .suite import is_suite
-
 
 pytest_plugins = ["pytest_disteval.fixtures"]
 

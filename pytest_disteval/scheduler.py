@@ -21,11 +21,10 @@ from typing import Any
 
 import filelock
 
-from . import __version__
-from .executors.local import WorkerRun, log_tail, run_worker
-from .fingerprint import digest
-from . import planner
+from . import __version__, planner
 from .backends import BACKENDS
+from .executors.local import WorkerRun, kill_all, log_tail, run_worker
+from .fingerprint import digest
 from .gpus import GPU, Inventory, LeaseManager, NoGPUError
 from .jobs import EvalJob, missing_data_files
 from .layout import Layout, LayoutError
@@ -121,6 +120,7 @@ class JobScheduler:
             self.store = ResultStore(Path(self._tmp.name))
 
     def close(self) -> None:
+        kill_all()  # a safety net: no worker outlives the session
         if self._tmp is not None:
             self._tmp.cleanup()
 
@@ -145,6 +145,14 @@ class JobScheduler:
     # -- running ---------------------------------------------------------------
 
     def _run(self, job: EvalJob) -> JobOutcome:
+        plan_failure = self._plan_failure(job)
+        if plan_failure is not None:
+            return JobOutcome(job, {}, set(), plan_failure, None, None)
+        layout = self.plan(job).layout
+        if (layout.tp, layout.pp) != job.split:
+            job.split = (layout.tp, layout.pp)
+            job.__dict__.pop("model_identity", None)  # recomputed with the split
+            job.__dict__.pop("model_key", None)
         keys = {e.name: job.entry_key(e) for e in job.entries}
         lock_path = self.settings.base_dir / "locks" / f"{job.model_key}.lock"
         lock_path.parent.mkdir(parents=True, exist_ok=True)
@@ -161,7 +169,7 @@ class JobScheduler:
             skip: str | None = None
             run: WorkerRun | None = None
             if todo:
-                failure = _precheck(job, todo) or self._plan_failure(job)
+                failure = _precheck(job, todo)
                 skip = None if failure else self._backend_missing(job)
                 if skip and job.model.required:
                     failure, skip = JobFailure(skip), None
@@ -221,8 +229,12 @@ class JobScheduler:
                    for i, g in enumerate(plan.groups)]
         for thread in threads:
             thread.start()
-        for thread in threads:
-            thread.join()
+        try:
+            for thread in threads:
+                thread.join()
+        except BaseException:
+            kill_all()  # Ctrl-C lands in this thread; the shard workers must die with it
+            raise
         for index in sorted(runs):
             if runs[index].returncode != 0:
                 # once, on another group: what the shard stored is not redone
@@ -253,6 +265,9 @@ class JobScheduler:
         command = [*backend.launch(self.settings.python, layout), str(spec_path)]
         log_path = self.settings.logs_dir / f"{name}.log"
         env = worker_env()
+        if not plan.on_gpu and plan.layout.dp > 1 and spec.get("mode") == "shard":
+            # CPU replicas share the cores: without this each would start one thread per core
+            env.setdefault("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // plan.layout.dp)))
         lease = None
         if group:
             lease = self.leases.acquire(group, timeout=timeout,

@@ -7,8 +7,8 @@ from typing import Any
 import pytest
 
 from .items import DistevalItem, SuiteFile
-from .report import SummaryTable
 from .layout import LayoutError
+from .report import SummaryTable
 from .scheduler import JobScheduler
 from .state import SCHEDULER, SETTINGS
 

@@ -257,7 +257,8 @@ def parse_suite(text: str, path: Path, root: Path | None = None) -> Suite:
         entries: dict[str, TaskEntry] = {}
         for src, src_where in ((shared_tasks, "tasks"), (raw.get("tasks", []), f"{where}.tasks")):
             if not isinstance(src, list):
-                problems.add(raw.line_of("tasks"), f"{where}.tasks", "must be a list of task entries")
+                problems.add(raw.line_of("tasks"), f"{where}.tasks",
+                             "must be a list of task entries")
                 continue
             for j, raw_task in enumerate(src):
                 entry = _task(raw_task, f"{src_where}[{j}]", _line(src, j, line), defaults,
@@ -277,7 +278,8 @@ def parse_suite(text: str, path: Path, root: Path | None = None) -> Suite:
 
     if problems.items:
         raise SuiteError(shown, sorted(problems.items))
-    name = data.get("name") if isinstance(data.get("name"), str) else path.stem
+    raw_name = data.get("name")
+    name = raw_name if isinstance(raw_name, str) else path.stem
     return Suite(shown, name, include_paths, workdir, models, suite_marks, index)
 
 
@@ -315,7 +317,7 @@ def _model(raw: yamlpos.PosDict, where: str, suite_dir: Path,
                      f"{did}; valid: {', '.join(BACKENDS)}")
         return None
     model_args = raw.get("model_args")
-    if not isinstance(model_args, dict) or not model_args.get("pretrained"):
+    if not isinstance(model_args, yamlpos.PosDict) or not model_args.get("pretrained"):
         problems.add(raw.line_of("model_args"), f"{where}.model_args",
                      "required: a mapping with at least 'pretrained' (a local path or a model id)")
         return None
@@ -327,7 +329,8 @@ def _model(raw: yamlpos.PosDict, where: str, suite_dir: Path,
             args[key] = str((suite_dir / value).resolve())
         elif isinstance(value, str) and value.startswith((".", "/")):
             problems.add(model_args.line_of(key), f"{where}.model_args.{key}",
-                         f"path {value!r} does not exist (looked for {(suite_dir / value).resolve()})")
+                         f"path {value!r} does not exist "
+                         f"(looked for {(suite_dir / value).resolve()})")
     name = raw.get("name")
     if name is None:
         name = Path(str(args["pretrained"])).name
@@ -342,7 +345,8 @@ def _model(raw: yamlpos.PosDict, where: str, suite_dir: Path,
                      f"{batch_size!r} is not valid: a positive integer, 'auto' or 'auto:N'")
     device = raw.get("device")
     if device is not None and not isinstance(device, str):
-        problems.add(raw.line_of("device"), f"{where}.device", "must be a string such as cpu or cuda")
+        problems.add(raw.line_of("device"), f"{where}.device",
+                     "must be a string such as cpu or cuda")
     gen_kwargs = raw.get("gen_kwargs")
     if gen_kwargs is not None and not isinstance(gen_kwargs, dict):
         problems.add(raw.line_of("gen_kwargs"), f"{where}.gen_kwargs",
@@ -359,7 +363,8 @@ def _model(raw: yamlpos.PosDict, where: str, suite_dir: Path,
     if raw_budgets is None:
         pass
     elif not isinstance(raw_budgets, yamlpos.PosDict):
-        problems.add(raw.line_of("budgets"), f"{where}.budgets", "must be a mapping, e.g. {wall_time: 10m}")
+        problems.add(raw.line_of("budgets"), f"{where}.budgets",
+                     "must be a mapping, e.g. {wall_time: 10m}")
     else:
         problems.unknown_keys(raw_budgets, BUDGET_KINDS, f"{where}.budgets.")
         for kind in BUDGET_KINDS:
@@ -426,8 +431,8 @@ def _task(raw: Any, where: str, line: int, defaults: yamlpos.PosDict, index: Tas
     # a name not found locally may be one of lm-eval's ~14k built-in tasks: indexing
     # those costs seconds, so the worker checks it (before the model loads)
     local = index.get(task)
-    num_fewshot = _int_setting(raw, defaults, "num_fewshot", f"{where}.", raw.line_of("num_fewshot"),
-                               problems)
+    num_fewshot = _int_setting(raw, defaults, "num_fewshot", f"{where}.",
+                               raw.line_of("num_fewshot"), problems)
     limit = _int_setting(raw, defaults, "limit", f"{where}.", raw.line_of("limit"), problems,
                          allow_fraction=True)
     seed = _int_setting(raw, defaults, "fewshot_seed", f"{where}.", raw.line_of("fewshot_seed"),

@@ -5,6 +5,7 @@ from __future__ import annotations
 import sys
 
 import pytest
+
 from conftest import Demo
 from helpers import model_block, write_suite
 

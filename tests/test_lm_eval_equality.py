@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import json
 import os
-from pathlib import Path
 
 import pytest
+
 from conftest import SUITES, Demo
 from helpers import model_block, write_suite
 

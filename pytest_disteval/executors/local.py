@@ -9,6 +9,7 @@ from __future__ import annotations
 import os
 import signal
 import subprocess
+import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -24,6 +25,19 @@ class WorkerRun:
     wall_s: float
     timed_out: bool
     log_path: Path
+
+
+# workers alive now, from any thread: Ctrl-C in the main thread must reach them all
+_ACTIVE: set[subprocess.Popen[bytes]] = set()
+_ACTIVE_LOCK = threading.Lock()
+
+
+def kill_all() -> None:
+    """Kill the process group of every worker still running (Ctrl-C, session end)."""
+    with _ACTIVE_LOCK:
+        procs = list(_ACTIVE)
+    for proc in procs:
+        kill_group(proc)
 
 
 def kill_group(proc: subprocess.Popen[bytes]) -> None:
@@ -54,6 +68,8 @@ def run_worker(command: list[str], *, env: dict[str, str], log_path: Path,
         log.flush()
         proc = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, env=env,
                                 cwd=cwd, start_new_session=True, stdin=subprocess.DEVNULL)
+        with _ACTIVE_LOCK:
+            _ACTIVE.add(proc)
         try:
             returncode: int | None = proc.wait(timeout=timeout)
             timed_out = False
@@ -64,6 +80,9 @@ def run_worker(command: list[str], *, env: dict[str, str], log_path: Path,
             # Ctrl-C or an internal error: never leave an orphan worker behind
             kill_group(proc)
             raise
+        finally:
+            with _ACTIVE_LOCK:
+                _ACTIVE.discard(proc)
     return WorkerRun(command, returncode, time.perf_counter() - started, timed_out, log_path)
 
 
