@@ -15,7 +15,7 @@ import pytest
 
 from .gates import MissingMetric, Verdict, check_budget, check_threshold, read_score
 from .jobs import EvalJob
-from .scheduler import JobOutcome, JobScheduler, job_key
+from .scheduler import JobOutcome, JobScheduler
 from .state import SCHEDULER
 from .suite import Budget, Loc, ModelSpec, Suite, SuiteError, TaskEntry, Threshold, load_suite
 
@@ -31,8 +31,28 @@ class DistevalFailure(Exception):
 class SuiteFile(pytest.File):
     def collect(self) -> Iterator[pytest.Item | pytest.Collector]:
         suite = load_suite(self.path, self.config.rootpath)
+        self._check_marks(suite)
         for model in suite.models:
             yield ModelNode.from_parent(self, name=model.name, suite=suite, model=model)
+
+    def _check_marks(self, suite: Suite) -> None:
+        # an unregistered mark would warn (or, with --strict-markers, stop the whole
+        # session) from inside collection; as a suite error only this suite is lost
+        registered = {line.split(":")[0].split("(")[0].strip()
+                      for line in self.config.getini("markers")}
+        problems = []
+        places = [(1, "marks", suite.marks)]
+        for model in suite.models:
+            places.append((model.loc.line, f"{model.name}.marks", model.marks))
+            places.extend((e.loc.line, f"{model.name}.{e.name}.marks", e.marks)
+                          for e in model.tasks)
+        for line, key, marks in places:
+            for mark in marks:
+                if mark not in registered:
+                    problems.append((line, key, f"marker {mark!r} is not registered; add it to "
+                                     "the 'markers' ini option or remove it"))
+        if problems:
+            raise SuiteError(suite.path, sorted(set(problems)))
 
     def repr_failure(self, excinfo: pytest.ExceptionInfo[BaseException],
                      style: Any = None) -> Any:
@@ -83,9 +103,6 @@ class DistevalItem(pytest.Item):
         self.add_marker(self.kind)
         for name in (*suite.marks, *model.marks, *(self.entry.marks if self.entry else [])):
             self.add_marker(name)
-        if self.config.pluginmanager.has_plugin("xdist"):
-            # all items of a job go to one xdist worker, so the job runs once
-            self.add_marker(pytest.mark.xdist_group(name=job_key(self.job)))
         self.extra_keyword_matches.update(
             k for k in (suite.name, model.name, model.backend, task) if k)
 
@@ -183,8 +200,11 @@ class BudgetItem(DistevalItem):
             raise self.job_failed(outcome, f"budget {self.budget.kind}")
         measured = outcome.wall_s if outcome.wall_s is not None else outcome.recorded_wall_s
         if measured is None:
-            pytest.skip("results came from the store and no wall time was recorded for this "
-                        "set of tasks; run with --disteval-no-cache to measure it")
+            why = ("only part of the job ran in this session, the rest came from the store"
+                   if outcome.partial else
+                   "the results came from the store, and no wall time was recorded for this "
+                   "set of tasks")
+            pytest.skip(f"{why}; run with --disteval-no-cache to measure the whole job")
         verdict = check_budget(self.budget, measured)
         self.user_properties.extend([("measured", round(measured, 3)),
                                      ("bound", verdict.required),

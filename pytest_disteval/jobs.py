@@ -95,9 +95,10 @@ def _task_files(local: LocalTask, index: TaskIndex, workdir: Path,
     if local.name in seen:
         return []
     seen.add(local.name)
-    files = [local.path]
-    # `!function utils.fn` helpers live beside the YAML; `include:` bases too
-    files.extend(p for p in local.path.parent.iterdir() if p.suffix in {".py", ".yaml", ".yml"})
+    files = list(local.chain or [local.path])
+    # `!function utils.fn` helpers: Python modules beside each YAML of the chain
+    for yaml_file in files[:]:
+        files.extend(p for p in yaml_file.parent.iterdir() if p.suffix == ".py")
     for spec in local.data_files():
         files.append(workdir / spec)
     dataset_path = local.dataset_path()

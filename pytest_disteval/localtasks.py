@@ -40,6 +40,7 @@ class LocalTask:
     kind: str  # "task" or "group"
     config: dict[str, Any]
     subtasks: list[str] = field(default_factory=list)
+    chain: list[Path] = field(default_factory=list)  # this YAML and the ones it includes
 
     @property
     def output_type(self) -> str | None:
@@ -144,24 +145,25 @@ class TaskIndex:
         path = self._files.get(name)
         if path is None:
             return None
-        config = _load_with_includes(path, set())
+        chain: list[Path] = []
+        config = _load_with_includes(path, chain)
         if isinstance(config.get("group"), str) and config.get("group") == name:
             raw = config.get("task") or []
             subtasks = [
                 t if isinstance(t, str) else str(t.get("task", "")) if isinstance(t, dict) else ""
                 for t in (raw if isinstance(raw, list) else [raw])
             ]
-            task = LocalTask(name, path, "group", config, [s for s in subtasks if s])
+            task = LocalTask(name, path, "group", config, [s for s in subtasks if s], chain)
         else:
-            task = LocalTask(name, path, "task", config)
+            task = LocalTask(name, path, "task", config, chain=chain)
         self._parsed[name] = task
         return task
 
 
-def _load_with_includes(path: Path, seen: set[Path]) -> dict[str, Any]:
+def _load_with_includes(path: Path, seen: list[Path]) -> dict[str, Any]:
     if path in seen:
         raise ValueError(f"{path}: include cycle")
-    seen.add(path)
+    seen.append(path)
     data = yamlpos.load_file(path)
     if not isinstance(data, dict):
         return {}

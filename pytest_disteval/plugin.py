@@ -71,14 +71,10 @@ def pytest_configure(config: pytest.Config) -> None:
     config.stash[SETTINGS] = resolved
     config.stash[SCHEDULER] = JobScheduler(resolved)
     config.pluginmanager.register(DistevalSession(config), "disteval-session")
+    if config.pluginmanager.hasplugin("xdist"):
+        from .xdist_hooks import XdistHooks
 
-
-@pytest.hookimpl(tryfirst=True)
-def pytest_cmdline_main(config: pytest.Config) -> None:
-    # with xdist, `-n N` alone means --dist load; items of one job must share a worker
-    option = config.option
-    if getattr(option, "numprocesses", None) and getattr(option, "dist", "no") == "no":
-        option.dist = "loadgroup"
+        config.pluginmanager.register(XdistHooks(), "disteval-xdist")
 
 
 def pytest_collect_file(file_path: Path, parent: pytest.Collector) -> pytest.Collector | None:

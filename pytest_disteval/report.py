@@ -6,6 +6,7 @@ workers to the controller, so the table is the same with and without ``-n``.
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -56,8 +57,10 @@ class SummaryTable:
             timing = f"{seconds:.1f}" if isinstance(seconds, float | int) else "-"
             if row.get("cached") is True:
                 timing += " (cached)"
+            bound = re.sub(r" \(tolerance (\S+) x stderr = \S+\)", r" (tol \1σ)",
+                           str(row.get("bound", "-")))
             table.append((str(row.get("model", "")), task, metric.removesuffix(",none"), value,
-                          str(row.get("bound", "-")).split(" (tolerance")[0], result,
+                          bound, result,
                           str(row.get("n_samples", "") or "-"), timing))
         widths = [max(len(header[i]), *(len(r[i]) for r in table)) for i in range(len(header))]
         line = "  ".join(h.ljust(w) for h, w in zip(header, widths, strict=True))

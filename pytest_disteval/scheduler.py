@@ -81,6 +81,7 @@ class JobOutcome:
     recorded_wall_s: float | None  # the wall time recorded when these results were computed
     results_path: Path | None = None
     skip_reason: str | None = None  # the backend is not installed (and not required)
+    partial: bool = False  # this session evaluated only some entries, the rest were stored
 
     @property
     def fully_cached(self) -> bool:
@@ -110,10 +111,10 @@ class JobScheduler:
         self.leases = LeaseManager(os.environ.get("PYTEST_DISTEVAL_LOCK_DIR")
                                    or settings.base_dir / "leases"
                                    if settings.gpu.fake_gpus else None)
+        if settings.clear_cache and not settings.is_xdist_worker:
+            ResultStore(settings.store_dir).clear()  # xdist: the controller clears, once
         if settings.use_cache:
             self.store = ResultStore(settings.store_dir)
-            if settings.clear_cache:
-                self.store.clear()
         else:
             # results still need a place to land, just not one a later run reads
             self._tmp = tempfile.TemporaryDirectory(prefix="disteval-nocache-")
@@ -182,16 +183,18 @@ class JobScheduler:
             set_key = digest(sorted(keys.values()))
             meta_path = self.store.root / "jobs" / f"{job.model_key}-{set_key}.json"
             recorded = None
-            if run is not None and failure is None:
+            if run is not None and failure is None and not cached:
+                # a wall time means something for the whole set of tasks only
                 write_json_atomic(meta_path, {"wall_s": run.wall_s})
-            elif meta_path.exists():
+            elif run is None and meta_path.exists():
                 try:
                     recorded = float(json.loads(meta_path.read_text())["wall_s"])
                 except (OSError, ValueError, KeyError, TypeError):
                     recorded = None
         outcome = JobOutcome(job, entries, cached, failure,
-                             run.wall_s if run is not None else None,
-                             recorded if run is None else run.wall_s)
+                             run.wall_s if run is not None and not cached else None,
+                             recorded if run is None else None)
+        outcome.partial = run is not None and bool(cached)
         outcome.skip_reason = skip if todo else None
         if entries:
             outcome.results_path = self._write_results(job, entries)
@@ -273,6 +276,8 @@ class JobScheduler:
             lease = self.leases.acquire(group, timeout=timeout,
                                         owner=f"pytest-disteval {job.suite.path}::{job.name}")
             env.update(lease.env())
+        self._audit({"job": job_key(job), "worker": name, "mode": spec.get("mode"),
+                     "gpus": [g.index for g in group], "session_pid": os.getpid()})
         try:
             return run_worker(command, env=env, log_path=log_path, timeout=timeout)
         finally:
@@ -297,6 +302,14 @@ class JobScheduler:
             message = f"worker for model {job.name!r} failed: {message}"
         return JobFailure(message, run.command, run.returncode, run.log_path,
                           log_tail(run.log_path), run.timed_out)
+
+    def _audit(self, record: dict[str, Any]) -> None:
+        """One line per worker started, in <dir>/workers.jsonl: what ran, where, when."""
+        record["time"] = datetime.now(timezone.utc).isoformat(timespec="seconds")
+        path = self.settings.base_dir / "workers.jsonl"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with path.open("a", encoding="utf-8") as handle:  # small appends are atomic
+            handle.write(json.dumps(record) + "\n")
 
     # -- planning --------------------------------------------------------------
 
@@ -385,7 +398,8 @@ class JobScheduler:
         }
         results = merge_entries(list(entries.values()), config)
         results["date"] = datetime.now(timezone.utc).timestamp()
-        path = self.settings.results_dir / job.suite.name / f"{job.name}.json"
+        # the suite's path, not its name: two suites may share a name
+        path = self.settings.results_dir / job.suite.path.with_suffix("") / f"{job.name}.json"
         write_json_atomic(path, results)
         return path
 

@@ -37,7 +37,9 @@ class DistevalSession:
         scheduler = self.config.stash[SCHEDULER]
         for item in session.items:
             if isinstance(item, DistevalItem):
-                item.job = scheduler.job_for(item.job, [item.entry] if item.entry else [])
+                # a budget is about the whole job: selecting it selects all the model's tasks
+                entries = [item.entry] if item.entry else item.job.model.tasks
+                item.job = scheduler.job_for(item.job, entries)
         if self.config.stash[SETTINGS].plan_only:
             self._print_plan(scheduler)
 
@@ -64,6 +66,15 @@ class DistevalSession:
         if self.config.stash[SETTINGS].plan_only:
             return True  # the plan is printed; nothing runs
         return None
+
+    @pytest.hookimpl(hookwrapper=True)
+    def pytest_runtest_makereport(self, item: pytest.Item, call: Any) -> Any:
+        outcome = yield
+        report = outcome.get_result()
+        if (isinstance(item, DistevalItem) and report.skipped
+                and isinstance(report.longrepr, tuple)):
+            # point a skip at the suite line, not at this package's code
+            report.longrepr = (str(item.path), item.loc.line, report.longrepr[2])
 
     def pytest_runtest_logreport(self, report: pytest.TestReport) -> None:
         if report.skipped:

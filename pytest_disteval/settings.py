@@ -27,6 +27,7 @@ class Settings:
     python: str  # interpreter that runs the workers
     gpu: GpuOptions = GpuOptions()
     plan_only: bool = False  # --disteval-plan: print the plan, run nothing
+    is_xdist_worker: bool = False
 
     @property
     def store_dir(self) -> Path:
@@ -101,6 +102,7 @@ def resolve(config: pytest.Config) -> Settings:
         python=sys.executable,
         gpu=_gpu_options(config),
         plan_only=bool(config.getoption("disteval_plan")),
+        is_xdist_worker=hasattr(config, "workerinput"),
     )
 
 

@@ -84,7 +84,7 @@ def merge_entries(entries: list[dict[str, Any]], config: dict[str, Any]) -> dict
         for section in PER_TASK_SECTIONS:
             merged[section].update(entry["lm_eval"].get(section, {}))
     merged["config"] = config
-    for key in ("lm_eval_version", "date", "git_hash", "transformers_version", "pretty_env_info"):
+    for key in ("lm_eval_version", "date", "git_hash", "transformers_version"):
         for entry in entries:
             if key in entry.get("env", {}):
                 merged[key] = entry["env"][key]

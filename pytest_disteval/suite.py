@@ -177,8 +177,12 @@ def load_suite(path: Path, root: Path | None = None) -> Suite:
     return parse_suite(path.read_text(encoding="utf-8"), path, root)
 
 
-def parse_suite(text: str, path: Path, root: Path | None = None) -> Suite:
-    """Validate suite ``text`` as if read from ``path`` (relative paths resolve beside it)."""
+def parse_suite(text: str, path: Path, root: Path | None = None, *,
+                require_thresholds: bool = True) -> Suite:
+    """Validate suite ``text`` as if read from ``path`` (relative paths resolve beside it).
+
+    ``require_thresholds=False`` is for the Python API, whose tests assert themselves.
+    """
     shown = _display_path(path, root)
     try:
         data = yamlpos.load(text, path)
@@ -255,6 +259,7 @@ def parse_suite(text: str, path: Path, root: Path | None = None) -> Suite:
                          "give each model a distinct 'name'")
         seen_models.add(model.name)
         entries: dict[str, TaskEntry] = {}
+        own: set[str] = set()
         for src, src_where in ((shared_tasks, "tasks"), (raw.get("tasks", []), f"{where}.tasks")):
             if not isinstance(src, list):
                 problems.add(raw.line_of("tasks"), f"{where}.tasks",
@@ -262,13 +267,15 @@ def parse_suite(text: str, path: Path, root: Path | None = None) -> Suite:
                 continue
             for j, raw_task in enumerate(src):
                 entry = _task(raw_task, f"{src_where}[{j}]", _line(src, j, line), defaults,
-                              index, shown, problems)
+                              index, shown, problems, require_thresholds)
                 if entry is None:
                     continue
-                if entry.name in entries and src_where == "tasks":
+                if entry.name in entries and (src_where == "tasks" or entry.name in own):
                     problems.add(entry.loc.line, f"{src_where}[{j}].name",
                                  f"task entry name {entry.name!r} is used twice; "
                                  "give one of them a distinct 'name' (e.g. arith_mc-3shot)")
+                if src_where != "tasks":
+                    own.add(entry.name)
                 # a model's own entry replaces the suite-wide entry of the same name
                 entries[entry.name] = entry
         model.tasks = list(entries.values())
@@ -278,8 +285,12 @@ def parse_suite(text: str, path: Path, root: Path | None = None) -> Suite:
 
     if problems.items:
         raise SuiteError(shown, sorted(problems.items))
-    raw_name = data.get("name")
-    name = raw_name if isinstance(raw_name, str) else path.stem
+    raw_name = data.get("name", path.stem)
+    if not isinstance(raw_name, str) or not _NAME_OK.match(raw_name):
+        raise SuiteError(shown, [(data.line_of("name"), "name",
+                                  f"{raw_name!r} is not a valid suite name: use letters, "
+                                  "digits and . _ + -")])
+    name = raw_name
     return Suite(shown, name, include_paths, workdir, models, suite_marks, index)
 
 
@@ -402,18 +413,21 @@ def _int_setting(raw: dict[str, Any], defaults: dict[str, Any], key: str, where:
     value = raw.get(key, defaults.get(key))
     if value is None:
         return None
-    ok = isinstance(value, int) and not isinstance(value, bool) and value >= 0
-    if allow_fraction and isinstance(value, float) and 0 < value <= 1:
+    # limit: lm-eval reads a float below 1 as a fraction of the documents, else a count
+    least = 1 if allow_fraction else 0
+    ok = isinstance(value, int) and not isinstance(value, bool) and value >= least
+    if allow_fraction and isinstance(value, float) and 0 < value < 1:
         ok = True
     if not ok:
-        valid = "a non-negative integer" + (" or a fraction in (0, 1]" if allow_fraction else "")
+        valid = ("a whole number >= 1 or a fraction in (0, 1)" if allow_fraction
+                 else "a non-negative integer")
         problems.add(line, f"{where}{key}", f"{value!r} is not valid: {valid}")
         return None
     return value
 
 
 def _task(raw: Any, where: str, line: int, defaults: yamlpos.PosDict, index: TaskIndex,
-          shown: Path, problems: _Problems) -> TaskEntry | None:
+          shown: Path, problems: _Problems, require_thresholds: bool) -> TaskEntry | None:
     if not isinstance(raw, yamlpos.PosDict) or "task" not in raw:
         problems.add(line, where, "a task entry is a mapping with 'task' (an lm-eval task name) "
                      "and 'thresholds'")
@@ -454,6 +468,9 @@ def _task(raw: Any, where: str, line: int, defaults: yamlpos.PosDict, index: Tas
             if t is not None:
                 thresholds.append(t)
     marks = _marks(raw, "marks", f"{where}.", problems)
+    if require_thresholds and not thresholds and raw_thresholds is None:
+        problems.add(raw.line, where, f"task entry {name!r} has no thresholds: nothing would "
+                     "be tested; add e.g. thresholds: {acc: 0.5}")
     return TaskEntry(name, task, num_fewshot, limit, 1234 if seed is None else seed,
                      thresholds, marks, Loc(shown, raw.line), local)
 

@@ -90,3 +90,16 @@ def test_options_are_in_the_disteval_group(pytester: pytest.Pytester) -> None:
         "*--disteval-timeout=DURATION*",
     ])
     result.stdout.fnmatch_lines(["*disteval_timeout (string):*"])
+
+
+def test_an_unregistered_mark_is_a_suite_error_and_other_suites_collect(
+        project: pytest.Pytester, demo: Demo) -> None:
+    suite(project, demo)
+    write_suite(project, "marked", SUITE.format(good=model_block("good", demo.good),
+                                                weak="").replace("nightly", "nightly, gpu_big"))
+    result = project.runpytest("--collect-only", "-q", "--strict-markers", "suites")
+    result.stdout.fnmatch_lines([
+        "*suites/marked.yaml:1: marks: marker 'gpu_big' is not registered; add it to the "
+        "'markers' ini option or remove it",
+        "5 tests collected, 1 error*",
+    ])

@@ -93,7 +93,7 @@ def test_k_evaluates_only_the_selected_tasks(project: pytest.Pytester, demo: Dem
     result.assert_outcomes(passed=2, deselected=1)
     spec = json.loads(next((project.path / ".disteval" / "runs").glob("*/spec.json")).read_text())
     assert [e["task"] for run in spec["runs"] for e in run["entries"]] == ["arith_mc"]
-    stored = json.loads((project.path / ".disteval/results/one/good.json").read_text())
+    stored = json.loads((project.path / ".disteval/results/suites/one/good.json").read_text())
     assert set(stored["results"]) == {"arith_mc"}
 
 
@@ -202,24 +202,48 @@ def test_junit_xml_carries_properties_and_parses(
 def test_python_api_fixture_shares_the_store(project: pytest.Pytester, demo: Demo,
                                              shared_dir: Path) -> None:
     project.makepyfile(test_api=f"""
+        def run(disteval, path, limit):
+            return disteval.evaluate(
+                model={{"name": "m", "backend": "hf", "device": "cpu", "batch_size": 64,
+                        "model_args": {{"pretrained": path, "dtype": "float32"}}}},
+                tasks=["arith_mc"], include=["suites/tasks"], workdir="suites", limit=limit)
+
         def test_good_model(disteval):
-            run = disteval.evaluate(
-                model={{"name": "good", "backend": "hf", "device": "cpu", "batch_size": 64,
-                        "model_args": {{"pretrained": "{demo.good}", "dtype": "float32"}}}},
-                tasks=["arith_mc"], include=["suites/tasks"], workdir="suites", limit=40)
-            score = run.score("arith_mc", "acc")
+            good = run(disteval, "{demo.good}", 40)
+            score = good.score("arith_mc", "acc")
             assert score.value >= 0.9 and score.n == 40
-            assert run.results["results"]["arith_mc"]["acc,none"] == score.value
+            assert good.results["results"]["arith_mc"]["acc,none"] == score.value
+
+        def test_other_configurations_are_other_jobs(disteval):
+            weak = run(disteval, "{demo.weak}", 20)
+            assert weak.score("arith_mc", "acc").value < 0.5
+            assert weak.score("arith_mc", "acc").n == 20
     """)
-    project.runpytest(f"--disteval-dir={shared_dir}").assert_outcomes(passed=1)
+    project.runpytest(f"--disteval-dir={shared_dir}").assert_outcomes(passed=2)
+
+
+def worker_starts(base: Path) -> list[dict[str, object]]:
+    path = base / "workers.jsonl"
+    return [json.loads(line) for line in path.read_text().splitlines()] if path.exists() else []
 
 
 def test_xdist_runs_each_job_once(project: pytest.Pytester, demo: Demo) -> None:
     pytest.importorskip("xdist")
     gate_suite(project, demo)
-    result = project.runpytest_subprocess("suites", "-n", "2", "-p", "xdist")
-    result.assert_outcomes(passed=4, failed=3)
-    base = project.path / ".disteval"
-    assert sorted(p.name.split("-")[0] for p in logs(base)) == ["good", "weak"]
-    for log in logs(base):
-        assert log.read_text().count("model loaded") == 1
+    project.makepyfile(test_plain="def test_a():\n    pass\n\ndef test_b():\n    pass\n")
+    result = project.runpytest_subprocess("-n", "2", "-p", "xdist", "--disteval-no-cache")
+    result.assert_outcomes(passed=6, failed=3)
+    jobs = sorted(str(r["job"]) for r in worker_starts(project.path / ".disteval"))
+    assert jobs == ["suites/gate.yaml::good", "suites/gate.yaml::weak"]
+
+
+def test_a_budget_alone_evaluates_its_whole_job(project: pytest.Pytester, demo: Demo,
+                                                shared_dir: Path) -> None:
+    gate_suite(project, demo)
+    base = project.path / "own"
+    result = project.runpytest("suites", f"--disteval-dir={base}", "-m", "budget")
+    result.assert_outcomes(passed=1, deselected=6)
+    result.stdout.fnmatch_lines(["good*(budget)*wall_time*wall_time <= 10.0m*PASS*"])
+    spec = json.loads(next((base / "runs").glob("*/spec.json")).read_text())
+    assert sorted(e["task"] for r in spec["runs"] for e in r["entries"]) == ["arith_gen",
+                                                                             "arith_mc"]

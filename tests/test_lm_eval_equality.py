@@ -45,7 +45,7 @@ tasks:
 """)
     run = project.runpytest("suites", "--junitxml=report.xml")
     run.assert_outcomes(passed=4)
-    ours = json.loads((project.path / ".disteval/results/eq/good.json").read_text())
+    ours = json.loads((project.path / ".disteval/results/suites/eq/good.json").read_text())
     theirs = direct_simple_evaluate(demo, ["arith_mc", "arith_gen"], 3, 30, monkeypatch)
     for task in ("arith_mc", "arith_gen"):
         assert ours["results"][task] == theirs["results"][task]  # type: ignore[index]

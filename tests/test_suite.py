@@ -165,3 +165,24 @@ def test_examples_validate_against_the_json_schema(suites: Path) -> None:
     bad = yaml.safe_load(GOOD.replace("batch_size: 8", "batch_sise: 8"))
     with pytest.raises(jsonschema.ValidationError):
         jsonschema.validate(bad, schema)
+
+
+def test_limits_follow_lm_eval(suites: Path) -> None:
+    for bad in ("0", "1.0", "1.5", "-3"):
+        text = GOOD.replace("    num_fewshot: 3", f"    limit: {bad}")
+        assert "limit: " in problems_of(suite_file(suites, text))
+    for good in ("1", "0.5", "200"):
+        load_suite(suite_file(suites, GOOD.replace("    num_fewshot: 3", f"    limit: {good}")))
+
+
+def test_entries_need_thresholds_and_distinct_names_per_model(suites: Path) -> None:
+    text = GOOD.replace("    budgets: {wall_time: 90s}\n", """\
+    budgets: {wall_time: 90s}
+    tasks:
+      - {task: arith_gen, name: g, thresholds: {acc: 0.1}}
+      - {task: arith_mc, name: g, thresholds: {acc: 0.1}}
+      - {task: arith_mc, name: bare}
+""")
+    message = problems_of(suite_file(suites, text))
+    assert "task entry name 'g' is used twice" in message
+    assert "task entry 'bare' has no thresholds: nothing would be tested" in message
