@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -12,6 +12,8 @@ import pytest
 import yaml
 
 from .gates import Score, read_score
+from .gpus import GPU, Lease, make_groups
+from .planner import granted_gpus
 from .jobs import EvalJob
 from .scheduler import JobOutcome, JobScheduler
 from .state import SCHEDULER
@@ -84,6 +86,57 @@ class Disteval:
         if outcome.failure is not None and len(outcome.entries) < len(spec.tasks):
             raise EvaluationFailed(outcome.failure.render())
         return Evaluation(outcome)
+
+
+@dataclass
+class GpuGroup:
+    """A leased group of GPUs for a user's own test; released when the test ends."""
+
+    lease: Lease
+
+    @property
+    def gpus(self) -> list[GPU]:
+        return list(self.lease.gpus)
+
+    @property
+    def indices(self) -> list[int]:
+        return [g.index for g in self.lease.gpus]
+
+    @property
+    def cuda_visible_devices(self) -> str:
+        return self.lease.cuda_visible_devices
+
+    def env(self, base: dict[str, str] | None = None) -> dict[str, str]:
+        """An environment for subprocesses: ``base`` (default os.environ) + the group."""
+        return self.lease.env(base)
+
+
+@pytest.fixture
+def gpu_group(request: pytest.FixtureRequest) -> Iterator[GpuGroup]:
+    """A group of GPUs leased across processes (xdist workers, other sessions).
+
+    Size: ``@pytest.mark.gpu_group(size=2)``, or indirect parametrization
+    (``@pytest.mark.parametrize("gpu_group", [2], indirect=True)``); default 1.
+    Skips where no GPU is granted.
+    """
+    marker = request.node.get_closest_marker("gpu_group")
+    size = getattr(request, "param", None) or (
+        (marker.kwargs.get("size") or (marker.args[0] if marker.args else 1)) if marker else 1)
+    scheduler: JobScheduler = request.config.stash[SCHEDULER]
+    inv = scheduler.inventory()
+    gpus, source = granted_gpus(inv, scheduler.settings.gpu)
+    if not gpus:
+        pytest.skip(f"gpu_group needs {size} GPU(s); {source}")
+    try:
+        groups = make_groups(gpus, int(size), None, inv)
+    except ValueError as exc:
+        pytest.skip(f"gpu_group: {exc}")
+    lease = scheduler.leases.acquire_any(groups, timeout=scheduler.settings.timeout,
+                                         owner=f"pytest gpu_group {request.node.nodeid}")
+    try:
+        yield GpuGroup(lease)
+    finally:
+        lease.release()
 
 
 @pytest.fixture

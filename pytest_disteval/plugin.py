@@ -67,6 +67,8 @@ def pytest_configure(config: pytest.Config) -> None:
                    "suite file; select with -m \"disteval(model='name')\"")
     config.addinivalue_line("markers", "threshold: a score threshold item of a suite")
     config.addinivalue_line("markers", "budget: a budget item of a suite")
+    config.addinivalue_line("markers", "gpu_group(size): the size of the group the gpu_group "
+                                       "fixture leases to the test (default 1)")
     resolved = settings_mod.resolve(config)
     config.stash[SETTINGS] = resolved
     config.stash[SCHEDULER] = JobScheduler(resolved)

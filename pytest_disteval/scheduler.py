@@ -329,10 +329,11 @@ class JobScheduler:
                 f"install it with: {backend.install_hint}")
 
     def inventory_source(self) -> str | None:
-        inv = self._inventory()
+        inv = self.inventory()
         return inv.source if inv is not None else None
 
-    def _inventory(self) -> Inventory | None:
+    def inventory(self) -> Inventory | None:
+        """This host's GPUs (or the fake ones), read once, on first use."""
         if not self._inventory_loaded:
             self._inventory_value = planner.inventory(self.settings.gpu)
             self._inventory_loaded = True
@@ -343,7 +344,7 @@ class JobScheduler:
         key = job_key(job)
         if key not in self._plans:
             try:
-                self._plans[key] = planner.plan_job(job, self.settings.gpu, self._inventory())
+                self._plans[key] = planner.plan_job(job, self.settings.gpu, self.inventory())
             except (LayoutError, NoGPUError, ValueError) as exc:
                 self._plans[key] = LayoutError(str(exc))
         plan = self._plans[key]
