@@ -1,4 +1,4 @@
-"""The ``disteval`` fixture: evaluate from a Python test, with the suites' jobs and store."""
+"""Fixtures for users' own tests: ``disteval`` (evaluate from Python) and ``gpu_group``."""
 
 from __future__ import annotations
 
@@ -13,8 +13,8 @@ import yaml
 
 from .gates import Score, read_score
 from .gpus import GPU, Lease, make_groups
-from .planner import granted_gpus
 from .jobs import EvalJob
+from .planner import granted_gpus
 from .scheduler import JobOutcome, JobScheduler
 from .state import SCHEDULER
 from .suite import parse_suite
