@@ -10,6 +10,7 @@ import hashlib
 import json
 import os
 from collections.abc import Iterable
+from functools import lru_cache
 from importlib import metadata
 from pathlib import Path
 from typing import Any
@@ -22,13 +23,19 @@ _EDGE = 1024 * 1024
 
 def file_digest(path: Path) -> str:
     stat = path.stat()
+    return _digest(path, stat.st_size, stat.st_mtime_ns)
+
+
+@lru_cache(maxsize=65536)
+def _digest(path: Path, size: int, mtime_ns: int) -> str:
+    # memoised on (path, size, mtime): shared data files are hashed once per session
     h = hashlib.sha256()
-    if stat.st_size <= FULL_HASH_LIMIT:
+    if size <= FULL_HASH_LIMIT:
         with path.open("rb") as handle:
             for block in iter(lambda: handle.read(1 << 20), b""):
                 h.update(block)
         return h.hexdigest()
-    h.update(f"{stat.st_size}:{stat.st_mtime_ns}".encode())
+    h.update(f"{size}:{mtime_ns}".encode())
     with path.open("rb") as handle:
         h.update(handle.read(_EDGE))
         handle.seek(-_EDGE, os.SEEK_END)

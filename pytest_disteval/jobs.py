@@ -10,7 +10,7 @@ and settings), so cached results are shared by suites and by the fixture.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from functools import cached_property
+from functools import cached_property, lru_cache
 from pathlib import Path
 from typing import Any
 
@@ -84,7 +84,9 @@ class EvalJob:
         return digest({"model": self.model_key, "entry": self.entry_identity(entry)})
 
     def add(self, entry: TaskEntry) -> None:
-        if all(e.name != entry.name for e in self.entries):
+        names = self.__dict__.setdefault("_names", {e.name for e in self.entries})
+        if entry.name not in names:  # a set: suites of 10k tasks must not go quadratic
+            names.add(entry.name)
             self.entries.append(entry)
 
 
@@ -98,7 +100,7 @@ def _task_files(local: LocalTask, index: TaskIndex, workdir: Path,
     files = list(local.chain or [local.path])
     # `!function utils.fn` helpers: Python modules beside each YAML of the chain
     for yaml_file in files[:]:
-        files.extend(p for p in yaml_file.parent.iterdir() if p.suffix == ".py")
+        files.extend(_python_files(yaml_file.parent))
     for spec in local.data_files():
         files.append(workdir / spec)
     dataset_path = local.dataset_path()
@@ -110,6 +112,12 @@ def _task_files(local: LocalTask, index: TaskIndex, workdir: Path,
         if child is not None:
             files.extend(_task_files(child, index, workdir, seen))
     return files
+
+
+@lru_cache(maxsize=4096)
+def _python_files(directory: Path) -> tuple[Path, ...]:
+    # listed once per session: a directory of 1,000 task YAMLs is scanned once, not 1,000 times
+    return tuple(sorted(p for p in directory.iterdir() if p.suffix == ".py"))
 
 
 def missing_data_files(entry: TaskEntry, workdir: Path) -> list[str]:
