@@ -116,7 +116,8 @@ def plan_job(job: EvalJob, options: GpuOptions, inv: Inventory | None) -> JobPla
     tp = _pick("tp", options.tp, model.tp, notes)
     pp = _pick("pp", options.pp, model.pp, notes)
     dp = _pick("dp", options.dp, model.dp, notes)
-    if model.device == "cpu" or not gpus:
+    fake = inv is not None and inv.source == "fake"
+    if not gpus or (model.device == "cpu" and not fake):
         # CPU: no groups to split a model over; dp replicas are processes
         if (isinstance(tp, int) and tp > 1) or (pp or 1) > 1:
             raise LayoutError(f"model {model.name!r} runs on CPU ({source}), where tp and pp "
@@ -143,8 +144,8 @@ def plan_job(job: EvalJob, options: GpuOptions, inv: Inventory | None) -> JobPla
                          memory_needed=memory, tp=tp, pp=pp, dp=dp, heads=heads,
                          needs_heads_divisible=backend.splits_heads, gpus_source=source)
     groups = make_groups(gpus, layout.group_size, layout.dp, inv)
-    real = inv is not None and inv.source == "nvml"
-    if not real:
+    real = not fake
+    if fake:
         notes.append("fake GPU inventory: workers run on the CPU, one per group")
     return JobPlan(layout, groups, real, backend.model_args(model.model_args, layout, real),
                    params, memory, notes)

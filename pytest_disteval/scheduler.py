@@ -216,13 +216,16 @@ class JobScheduler:
                                 run_dir / "spec.json", f"{job.name}-{job.job_id[:8]}", timeout)
             return run, self._failure(job, run, run_dir / "error.json", timeout)
         # dp > 1: every replica builds the full request list and executes its shard
-        responses = self.settings.base_dir / "responses" / f"{job.model_key}.sqlite"
+        # beside the entries: --disteval-no-cache and --disteval-clear-cache cover it too
+        responses = self.store.root / "responses" / f"{job.model_key}.sqlite"
         runs: dict[int, WorkerRun] = {}
 
         def shard(index: int, group: list[GPU], attempt: int) -> None:
             shard_spec = dict(spec, mode="shard", responses=str(responses),
                               shard={"index": index, "count": plan.layout.dp},
-                              error_path=str(run_dir / f"error-{index}.json"))
+                              error_path=str(run_dir / f"error-{index}.json"),
+                              meta_path=str(run_dir / f"meta-shard{index}.json"),
+                              run_dir=str(run_dir))
             name = f"{job.name}-{job.job_id[:8]}-shard{index}" + (f"-retry{attempt}"
                                                                     if attempt else "")
             runs[index] = self._replica(job, plan, group, shard_spec,

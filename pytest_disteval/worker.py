@@ -5,6 +5,17 @@
 ``lm_eval.simple_evaluate`` call on that model, so scores are exactly what
 lm-eval computes. Each task entry's results are stored as soon as its run ends.
 
+The spec's ``mode`` picks what a run does (see sharding.py):
+
+- ``direct`` (default): the model answers every request; entries are stored.
+- ``shard``: with ``"shard": {"index": i, "count": n}`` and ``"responses": PATH``,
+  the model answers only shard i of n of the requests and stores the responses in
+  the sqlite response store at PATH (optional ``chunk_size``: requests per store
+  commit). Its metrics are discarded; no entry is stored. Writes
+  ``shard-<i>.json`` (requests run, tokens, seconds) to the run dir.
+- ``score``: no model is loaded; every request is answered from PATH and the
+  entries are stored exactly as ``direct`` stores them.
+
 Exit codes: 0 done; 3 bad request (unknown task, missing backend), written to
 the spec's ``error_path`` as a message for the items; anything else a crash.
 """
@@ -24,6 +35,7 @@ from typing import Any
 from .store import slice_task, write_json_atomic
 
 EXIT_BAD_REQUEST = 3
+MODES = ("direct", "shard", "score")
 
 
 class BadRequest(Exception):
@@ -53,7 +65,39 @@ def _load_model(spec: dict[str, Any]) -> Any:
     return cls.create_from_arg_obj(dict(spec["model_args"]), extra)
 
 
+def _mode(spec: dict[str, Any]) -> str:
+    mode = spec.get("mode", "direct")
+    if mode not in MODES:
+        raise BadRequest(f"worker mode {mode!r} is not one of {', '.join(MODES)}")
+    if mode != "direct" and not spec.get("responses"):
+        raise BadRequest(f"worker mode {mode!r} needs 'responses', the response store's path")
+    if mode == "shard":
+        shard = spec.get("shard") or {}
+        index, count = shard.get("index"), shard.get("count")
+        if not (type(index) is int and type(count) is int and 0 <= index < count):
+            raise BadRequest(f"worker mode 'shard' needs 'shard': {{'index': i, 'count': n}} "
+                             f"with 0 <= i < n, got {shard!r}")
+    return mode
+
+
+def _injected_fault(index: int, run_dir: Path) -> None:
+    """``DISTEVAL_FAULT=shard<i>:once|always`` makes shard i crash: how retries are tested."""
+    fault = os.environ.get("DISTEVAL_FAULT", "")
+    name, _, how = fault.partition(":")
+    if name != f"shard{index}":
+        return
+    marker = run_dir / f"fault-shard{index}"
+    if how == "always" or not marker.exists():
+        marker.touch()
+        raise RuntimeError(f"fault injected by DISTEVAL_FAULT={fault}")
+
+
+def _run_dir(spec: dict[str, Any]) -> Path:
+    return Path(spec.get("run_dir") or Path(spec["meta_path"]).parent)
+
+
 def run(spec: dict[str, Any]) -> dict[str, Any]:
+    mode = _mode(spec)
     os.chdir(spec["workdir"])  # lm-eval resolves relative data_files against the cwd
     started = time.perf_counter()
     import lm_eval
@@ -69,46 +113,109 @@ def run(spec: dict[str, Any]) -> dict[str, Any]:
     indexed = time.perf_counter()
     print(f"[disteval] imports {imported - started:.1f}s, task index {indexed - imported:.1f}s",
           flush=True)
-    lm = _load_model(spec)
+    store = None
+    shard_report: dict[str, Any] | None = None
+    if mode == "direct":
+        lm = _load_model(spec)
+    else:
+        from .sharding import DEFAULT_CHUNK_SIZE, ReplayLM, ResponseStore, ShardLM
+
+        store = ResponseStore(Path(spec["responses"]))
+        if mode == "shard":
+            index, count = spec["shard"]["index"], spec["shard"]["count"]
+            _injected_fault(index, _run_dir(spec))
+            lm = ShardLM(_load_model(spec), store, spec["model_key"], index, count,
+                         chunk_size=int(spec.get("chunk_size") or DEFAULT_CHUNK_SIZE),
+                         log=lambda message: print(message, flush=True))
+            shard_report = {"shard": {"index": index, "count": count},
+                            "model_key": spec["model_key"], "responses": spec["responses"],
+                            "complete": False, "runs": [], "requests_executed": 0,
+                            "requests_in_shard": 0, "already_stored": 0, "tokens": 0.0,
+                            "seconds": 0.0}
+        else:
+            # the model is not needed: every answer comes from the store. Multimodal
+            # tasks pass lm-eval's check: the shards' real LM already passed it
+            lm = ReplayLM(store, spec["model_key"], multimodal=True)
     loaded = time.perf_counter()
-    print(f"[disteval] model loaded in {loaded - indexed:.1f}s", flush=True)
+    if mode != "score":
+        print(f"[disteval] model loaded in {loaded - indexed:.1f}s", flush=True)
     timing: dict[str, Any] = {"import_s": imported - started, "task_index_s": indexed - imported,
                               "load_s": loaded - indexed, "runs": []}
-    for run_spec in spec["runs"]:
-        settings = run_spec["settings"]
-        tasks = [e["task"] for e in run_spec["entries"]]
-        t0 = time.perf_counter()
-        print(f"[disteval] evaluating {', '.join(tasks)} with {settings}", flush=True)
-        results = lm_eval.simple_evaluate(
-            model=lm,
-            tasks=tasks,
-            num_fewshot=settings["num_fewshot"],
-            limit=settings["limit"],
-            fewshot_random_seed=settings["fewshot_seed"],
-            gen_kwargs=spec.get("gen_kwargs"),
-            task_manager=task_manager,
-            log_samples=False,
-        )
-        seconds = time.perf_counter() - t0
-        timing["runs"].append({"tasks": tasks, "eval_s": seconds})
-        assert results is not None  # rank 0 of a single process always gets results
-        env = {k: results.get(k) for k in ("lm_eval_version", "transformers_version",
-                                            "git_hash", "date")}
-        for entry in run_spec["entries"]:
-            write_json_atomic(Path(entry["path"]), {
-                "entry_key": entry["entry_key"],
-                "model_key": spec["model_key"],
-                "task": entry["task"],
-                "settings": settings,
-                "lm_eval": slice_task(results, entry["task"]),
-                "timing": {"eval_s": seconds, "load_s": timing["load_s"],
-                           "tasks_in_run": len(tasks)},
-                "env": env,
-                "computed_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-            })
-        print(f"[disteval] stored {', '.join(tasks)} ({seconds:.1f}s)", flush=True)
+    try:
+        for run_spec in spec["runs"]:
+            settings = run_spec["settings"]
+            tasks = [e["task"] for e in run_spec["entries"]]
+            t0 = time.perf_counter()
+            how = "" if mode == "direct" else f" ({mode} mode)"
+            print(f"[disteval] evaluating {', '.join(tasks)} with {settings}{how}", flush=True)
+            results = lm_eval.simple_evaluate(
+                model=lm,
+                tasks=tasks,
+                num_fewshot=settings["num_fewshot"],
+                limit=settings["limit"],
+                fewshot_random_seed=settings["fewshot_seed"],
+                gen_kwargs=spec.get("gen_kwargs"),
+                task_manager=task_manager,
+                log_samples=False,
+                # a shard's metrics are discarded: skip their bootstrap stderr
+                **({"bootstrap_iters": 0} if mode == "shard" else {}),
+            )
+            seconds = time.perf_counter() - t0
+            timing["runs"].append({"tasks": tasks, "eval_s": seconds})
+            if shard_report is not None:
+                _record_shard_run(shard_report, lm, tasks, settings, seconds, started)
+                write_json_atomic(_run_dir(spec) / f"shard-{spec['shard']['index']}.json",
+                                  shard_report)
+                print(f"[disteval] shard {spec['shard']['index']} ran {', '.join(tasks)} "
+                      f"({seconds:.1f}s)", flush=True)
+                continue
+            assert results is not None  # rank 0 of a single process always gets results
+            env = {k: results.get(k) for k in ("lm_eval_version", "transformers_version",
+                                                "git_hash", "date")}
+            for entry in run_spec["entries"]:
+                write_json_atomic(Path(entry["path"]), {
+                    "entry_key": entry["entry_key"],
+                    "model_key": spec["model_key"],
+                    "task": entry["task"],
+                    "settings": settings,
+                    "lm_eval": slice_task(results, entry["task"]),
+                    "timing": {"eval_s": seconds, "load_s": timing["load_s"],
+                               "tasks_in_run": len(tasks)},
+                    "env": env,
+                    "computed_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+                })
+            print(f"[disteval] stored {', '.join(tasks)} ({seconds:.1f}s)", flush=True)
+    finally:
+        if store is not None:
+            store.close()
     timing["total_s"] = time.perf_counter() - started
+    if shard_report is not None:
+        shard_report["complete"] = True
+        shard_report["total_s"] = timing["total_s"]
+        shard_report["load_s"] = timing["load_s"]
+        write_json_atomic(_run_dir(spec) / f"shard-{spec['shard']['index']}.json", shard_report)
+        timing["shard"] = {k: shard_report[k] for k in ("shard", "requests_executed",
+                                                         "tokens", "seconds")}
     return timing
+
+
+def _record_shard_run(report: dict[str, Any], lm: Any, tasks: list[str],
+                      settings: dict[str, Any], seconds: float, started: float) -> None:
+    """Add a run's per-kind counts to ``report`` and update its totals."""
+    from dataclasses import asdict
+
+    from .sharding import KindStats
+
+    stats: dict[str, KindStats] = lm.take_stats()
+    report["runs"].append({"tasks": tasks, "settings": settings, "eval_s": seconds,
+                           "kinds": {kind: asdict(s) for kind, s in stats.items()}})
+    total = KindStats()
+    for run in report["runs"]:
+        for kind_stats in run["kinds"].values():
+            total.add(KindStats(**kind_stats))
+    report.update({"requests_executed": total.executed, "requests_in_shard": total.in_shard,
+                   "already_stored": total.already_stored, "tokens": total.tokens,
+                   "seconds": total.seconds, "elapsed_s": time.perf_counter() - started})
 
 
 def main(argv: list[str]) -> int:
@@ -133,4 +240,9 @@ def main(argv: list[str]) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main(sys.argv[1:]))
+    code = main(sys.argv[1:])
+    # everything is written and flushed; skipping interpreter teardown after torch
+    # saves 1.5-2 s per worker (measured by benchmarks/smoke_vs_lm_eval.py)
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)

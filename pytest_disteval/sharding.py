@@ -1,0 +1,445 @@
+"""Data parallelism by request sharding: shard LMs, the response store, the replay LM.
+
+Every replica (shard) runs lm-eval's own ``simple_evaluate`` with a ``ShardLM``:
+lm-eval builds the *full* request list exactly as a single process would, and the
+ShardLM hands the real model only the requests of its shard (balanced by token
+count), storing each response under (model key, kind, request hash) as it is
+computed. Scoring then runs ``simple_evaluate`` once more with a ``ReplayLM`` that
+answers every request from the store, so aggregation, groups and stderr are
+lm-eval's, untouched, and scores do not depend on dp.
+
+Only lm-eval's public ``LM`` interface is used (the three request methods, ``rank``,
+``world_size``, ``Instance.args``) plus ``lm_eval.api.model.hash_args``, the key
+lm-eval's own ``CachingLM`` uses; the cost of a request uses the real LM's
+``tok_encode`` and ``max_gen_toks`` where it has them (TemplateLM backends), with a
+fallback. This module runs in the worker process only.
+"""
+
+from __future__ import annotations
+
+import heapq
+import json
+import math
+import sqlite3
+import time
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from lm_eval.api.model import LM, hash_args
+
+KINDS = ("loglikelihood", "loglikelihood_rolling", "generate_until")
+
+# answers for requests of other shards: the right type for lm-eval's metrics, never
+# stored, and the metrics they produce are discarded
+PLACEHOLDERS: dict[str, Any] = {
+    "loglikelihood": (0.0, False),
+    "loglikelihood_rolling": 0.0,
+    "generate_until": "",
+}
+
+DEFAULT_CHUNK_SIZE = 1024  # requests per call of the real LM: a killed shard loses at most one
+DEFAULT_MAX_GEN_TOKS = 256  # lm-eval's default when neither the request nor the LM says
+
+Cost = Callable[[Any], float]
+
+
+# ----------------------------------------------------------------------------- keys
+
+
+def _samples(kind: str, args: Sequence[Any]) -> bool:
+    """Whether a generate_until request samples (its repeats are distinct answers)."""
+    if kind != "generate_until" or len(args) < 2 or not isinstance(args[1], dict):
+        return False
+    gen = args[1]
+    temperature = gen.get("temperature")
+    return bool(gen.get("do_sample")) or (
+        isinstance(temperature, int | float) and temperature > 0 and gen.get("do_sample") is None)
+
+
+def request_keys(kind: str, requests: Sequence[Any]) -> list[str]:
+    """The store key of each request: ``hash_args(kind, req.args)``, as CachingLM keys it.
+
+    Identical deterministic requests share a key (one answer serves them all). The
+    n-th repeat (n >= 1) of a *sampled* request gets ``hash#n``: lm-eval sends each
+    of its ``repeats`` as the same Instance and expects independent samples.
+    """
+    keys: list[str] = []
+    seen: dict[str, int] = {}
+    for req in requests:
+        key = hash_args(kind, req.args)
+        if _samples(kind, req.args):
+            n = seen.get(key, 0)
+            seen[key] = n + 1
+            if n:
+                key = f"{key}#{n}"
+        keys.append(key)
+    return keys
+
+
+# ---------------------------------------------------------------------------- store
+
+
+def _jsonable(value: Any) -> Any:
+    if hasattr(value, "item"):  # numpy / torch scalars some backends return
+        return value.item()
+    raise TypeError(f"a response of type {type(value).__name__} cannot be stored as JSON")
+
+
+def _decode(text: str) -> Any:
+    value = json.loads(text)
+    # lm-eval's LM contract uses tuples ((logprob, is_greedy)); JSON has only lists
+    return tuple(value) if isinstance(value, list) else value
+
+
+class ResponseStore:
+    """Responses per (model key, kind, request hash) in one sqlite file (WAL mode).
+
+    Several shard processes write one store at once: each write is a short
+    ``BEGIN IMMEDIATE`` transaction of at most ``batch_size`` rows and waiters retry
+    for up to ``timeout_s``. The first stored answer of a key wins (``INSERT OR
+    IGNORE``), so a replay always sees one answer per request. WAL needs a local
+    file system (not NFS).
+    """
+
+    def __init__(self, path: Path, *, batch_size: int = 256, timeout_s: float = 120.0) -> None:
+        self.path = Path(path)
+        self.batch_size = batch_size
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        # autocommit mode: transactions are the explicit BEGIN/COMMIT below
+        # timeout: sqlite's busy timeout, how long a writer waits for another's commit
+        self._db = sqlite3.connect(str(self.path), timeout=timeout_s, isolation_level=None)
+        deadline = time.monotonic() + timeout_s
+        while True:
+            # switching to WAL takes a lock the busy handler does not always wait for
+            # when two processes create the store at the same instant: retry
+            try:
+                self._db.execute("PRAGMA journal_mode = WAL")
+                self._db.execute(
+                    "CREATE TABLE IF NOT EXISTS responses (model_key TEXT NOT NULL, "
+                    "kind TEXT NOT NULL, request_hash TEXT NOT NULL, response TEXT NOT NULL, "
+                    "PRIMARY KEY (model_key, kind, request_hash))")
+                break
+            except sqlite3.OperationalError as exc:
+                if "locked" not in str(exc) or time.monotonic() > deadline:
+                    raise
+                time.sleep(0.05)
+        # WAL + NORMAL: a killed process loses nothing committed (power loss may)
+        self._db.execute("PRAGMA synchronous = NORMAL")
+
+    def close(self) -> None:
+        self._db.close()
+
+    def __enter__(self) -> ResponseStore:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def get_many(self, model_key: str, kind: str, hashes: Iterable[str]) -> dict[str, Any]:
+        wanted = list(dict.fromkeys(hashes))
+        found: dict[str, Any] = {}
+        step = 500  # below sqlite's limit on bound variables in every version
+        for start in range(0, len(wanted), step):
+            part = wanted[start:start + step]
+            marks = ",".join("?" * len(part))
+            rows = self._db.execute(
+                "SELECT request_hash, response FROM responses WHERE model_key = ? AND kind = ? "
+                f"AND request_hash IN ({marks})", (model_key, kind, *part))
+            for request_hash, text in rows:
+                found[request_hash] = _decode(text)
+        return found
+
+    def put_many(self, model_key: str, kind: str, items: Iterable[tuple[str, Any]]) -> int:
+        """Store ``(hash, response)`` pairs, committing every ``batch_size``; returns rows added."""
+        added = 0
+        batch: list[tuple[str, str, str, str]] = []
+        for request_hash, response in items:
+            batch.append((model_key, kind, request_hash,
+                          json.dumps(response, default=_jsonable)))
+            if len(batch) >= self.batch_size:
+                added += self._write(batch)
+                batch = []
+        if batch:
+            added += self._write(batch)
+        return added
+
+    def _write(self, rows: list[tuple[str, str, str, str]]) -> int:
+        self._db.execute("BEGIN IMMEDIATE")
+        try:
+            before = self._db.total_changes
+            self._db.executemany(
+                "INSERT OR IGNORE INTO responses (model_key, kind, request_hash, response) "
+                "VALUES (?, ?, ?, ?)", rows)
+            added = self._db.total_changes - before
+            self._db.execute("COMMIT")
+        except BaseException:
+            self._db.execute("ROLLBACK")
+            raise
+        return added
+
+    def counts(self, model_key: str) -> dict[str, int]:
+        """Stored responses per kind for one model."""
+        rows = self._db.execute(
+            "SELECT kind, COUNT(*) FROM responses WHERE model_key = ? GROUP BY kind", (model_key,))
+        return {kind: int(n) for kind, n in rows}
+
+
+# ------------------------------------------------------------------------- balancing
+
+
+def token_cost(lm: Any, kind: str) -> Cost:
+    """A request's cost in tokens: the LM's tokenizer where it has ``tok_encode``.
+
+    Without one, characters / 4. ``generate_until`` adds the tokens it may generate
+    (the request's ``max_gen_toks``, else the LM's, else 256).
+    """
+    encode = getattr(lm, "tok_encode", None)
+    memo: dict[str, int] = {}  # contexts repeat across choices and few-shot prompts
+
+    def count(text: str) -> int:
+        n = memo.get(text)
+        if n is None:
+            n = -1
+            if callable(encode):
+                try:
+                    n = len(encode(text))
+                except Exception:  # a backend whose tok_encode needs other arguments
+                    n = -1
+            if n < 0:
+                n = math.ceil(len(text) / 4)
+            memo[text] = n
+        return n
+
+    default_gen = DEFAULT_MAX_GEN_TOKS
+    try:
+        default_gen = int(getattr(lm, "max_gen_toks", DEFAULT_MAX_GEN_TOKS))
+    except Exception:
+        pass
+
+    def cost(req: Any) -> float:
+        args = req.args
+        if kind == "loglikelihood":
+            return count(args[0]) + count(args[1])
+        if kind == "generate_until":
+            gen = args[1] if len(args) > 1 and isinstance(args[1], dict) else {}
+            return count(args[0]) + int(gen.get("max_gen_toks") or default_gen)
+        return count(args[0])
+
+    return cost
+
+
+@dataclass
+class _Unit:
+    """Requests that go to one shard together: those sharing a loglikelihood context
+    (so a backend can reuse the context's logits), else one distinct request."""
+
+    tiebreak: str
+    cost: float = 0.0
+    keys: list[str] = field(default_factory=list)
+
+
+def _units(kind: str, requests: Sequence[Any], keys: Sequence[str],
+           cost: Cost) -> tuple[list[_Unit], dict[str, _Unit]]:
+    by_group: dict[str, _Unit] = {}
+    of_key: dict[str, _Unit] = {}
+    for req, key in zip(requests, keys, strict=True):
+        if key in of_key:
+            continue  # a duplicate costs nothing: one answer serves both
+        group = hash_args(kind, [req.args[0]]) if kind == "loglikelihood" else key
+        unit = by_group.get(group)
+        if unit is None:
+            unit = by_group[group] = _Unit(tiebreak=group)
+        unit.cost += max(float(cost(req)), 0.0)
+        unit.keys.append(key)
+        of_key[key] = unit
+    # longest first; equal costs ordered by hash, never by Python's hash randomization
+    units = sorted(by_group.values(), key=lambda u: (-u.cost, u.tiebreak))
+    return units, of_key
+
+
+def _assign_units(units: list[_Unit], count: int) -> dict[str, int]:
+    """LPT: each unit, longest first, onto the least-loaded shard (lowest index on ties)."""
+    loads = [(0.0, i) for i in range(count)]
+    heapq.heapify(loads)
+    shard_of: dict[str, int] = {}
+    for unit in units:
+        load, index = heapq.heappop(loads)
+        shard_of[unit.tiebreak] = index
+        heapq.heappush(loads, (load + unit.cost, index))
+    return shard_of
+
+
+def assign_shards(requests: Sequence[Any], kind: str, count: int, cost: Cost,
+                  keys: Sequence[str] | None = None) -> list[int]:
+    """The shard (0..count-1) of each request, balanced by ``cost`` (tokens).
+
+    Deterministic: a function of the requests' args and costs only, so every replica
+    that builds the same full request list computes the same assignment.
+    """
+    if count < 1:
+        raise ValueError(f"shard count must be >= 1, got {count}")
+    keys = request_keys(kind, requests) if keys is None else keys
+    units, of_key = _units(kind, requests, keys, cost)
+    shard_of = _assign_units(units, count)
+    return [shard_of[of_key[key].tiebreak] for key in keys]
+
+
+# ------------------------------------------------------------------------ shard LM
+
+
+@dataclass
+class KindStats:
+    requests: int = 0  # requests lm-eval sent (the full list, every shard)
+    distinct: int = 0  # distinct keys among them
+    in_shard: int = 0  # distinct keys assigned to this shard
+    already_stored: int = 0  # of those, found in the store (not executed again)
+    executed: int = 0  # run on the real LM by this process
+    tokens: float = 0.0  # cost of the executed requests (the balancing measure)
+    seconds: float = 0.0  # in the real LM and the store, for the executed requests
+
+    def add(self, other: KindStats) -> None:
+        for name in self.__dataclass_fields__:
+            setattr(self, name, getattr(self, name) + getattr(other, name))
+
+
+class ShardLM(LM):
+    """Runs the real LM on this shard's requests only; stores each response.
+
+    lm-eval sees a single process (rank 0 of 1), so it builds the full request
+    list; requests of other shards get placeholders, which are never stored.
+    """
+
+    def __init__(self, lm: LM, store: ResponseStore, model_key: str, index: int, count: int,
+                 *, chunk_size: int = DEFAULT_CHUNK_SIZE,
+                 cost: Callable[[LM, str], Cost] = token_cost,
+                 log: Callable[[str], None] | None = None) -> None:
+        super().__init__()
+        if not 0 <= index < count:
+            raise ValueError(f"shard index {index} is outside 0..{count - 1}")
+        if getattr(lm, "world_size", 1) != 1:
+            # lm-eval would split documents per rank: the request list would not be full
+            raise ValueError("ShardLM needs a single-process LM (world_size 1); "
+                             "shard across processes with dp instead")
+        self.lm = lm
+        self.store = store
+        self.model_key = model_key
+        self.index = index
+        self.count = count
+        self.chunk_size = max(1, int(chunk_size))
+        self._cost = cost
+        self._log = log or (lambda message: None)
+        self.stats: dict[str, KindStats] = {}
+        if hasattr(lm, "MULTIMODAL"):
+            self.MULTIMODAL = lm.MULTIMODAL
+
+    # chat templating builds the requests: it must be the real LM's
+    @property
+    def tokenizer_name(self) -> str:
+        return self.lm.tokenizer_name
+
+    def chat_template(self, chat_template: bool | str = False) -> str | None:
+        return self.lm.chat_template(chat_template)
+
+    def apply_chat_template(self, chat_history: list[dict[str, str]],
+                            add_generation_prompt: bool = True) -> str:
+        return self.lm.apply_chat_template(chat_history, add_generation_prompt)
+
+    def take_stats(self) -> dict[str, KindStats]:
+        stats, self.stats = self.stats, {}
+        return stats
+
+    def loglikelihood(self, requests: list[Any]) -> list[Any]:
+        return self._run("loglikelihood", requests)
+
+    def loglikelihood_rolling(self, requests: list[Any]) -> list[Any]:
+        return self._run("loglikelihood_rolling", requests)
+
+    def generate_until(self, requests: list[Any]) -> list[Any]:
+        return self._run("generate_until", requests)
+
+    def _run(self, kind: str, requests: list[Any]) -> list[Any]:
+        stats = self.stats.setdefault(kind, KindStats())
+        keys = request_keys(kind, requests)
+        cost = self._cost(self.lm, kind)
+        units, of_key = _units(kind, requests, keys, cost)
+        shard_of = _assign_units(units, self.count)
+        first: dict[str, Any] = {}
+        for req, key in zip(requests, keys, strict=True):
+            first.setdefault(key, req)
+        # this shard's keys, longest units first (similar lengths batch together)
+        mine = [k for u in units if shard_of[u.tiebreak] == self.index for k in u.keys]
+        answers = self.store.get_many(self.model_key, kind, mine)
+        todo = [k for k in mine if k not in answers]
+        stats.requests += len(requests)
+        stats.distinct += len(first)
+        stats.in_shard += len(mine)
+        stats.already_stored += len(mine) - len(todo)
+        self._log(f"[disteval] shard {self.index}/{self.count} {kind}: {len(mine)} of "
+                  f"{len(first)} distinct requests, {len(mine) - len(todo)} already stored, "
+                  f"{len(todo)} to run")
+        for start in range(0, len(todo), self.chunk_size):
+            chunk = todo[start:start + self.chunk_size]
+            t0 = time.perf_counter()
+            out = getattr(self.lm, kind)([first[k] for k in chunk])
+            if len(out) != len(chunk):
+                raise RuntimeError(f"{type(self.lm).__name__}.{kind} returned {len(out)} "
+                                   f"responses for {len(chunk)} requests")
+            # stored as computed: a killed shard redoes only what is missing
+            self.store.put_many(self.model_key, kind, zip(chunk, out, strict=True))
+            answers.update(zip(chunk, out, strict=True))
+            stats.executed += len(chunk)
+            stats.tokens += sum(cost(first[k]) for k in chunk)
+            stats.seconds += time.perf_counter() - t0
+        placeholder = PLACEHOLDERS[kind]
+        return [answers.get(k, placeholder) for k in keys]
+
+
+# ----------------------------------------------------------------------- replay LM
+
+
+class MissingResponses(RuntimeError):
+    """The store lacks responses a replay needs (a shard not run, or not finished)."""
+
+
+class ReplayLM(LM):
+    """Answers every request from the store; loads no model.
+
+    lm-eval's evaluate needs only the three request methods, ``rank`` and
+    ``world_size`` (the base class's 0 and 1) from it when no chat template is
+    applied. Requests are keyed exactly as ShardLM keys them.
+    """
+
+    def __init__(self, store: ResponseStore, model_key: str, *, multimodal: bool = False) -> None:
+        super().__init__()
+        self.store = store
+        self.model_key = model_key
+        if multimodal:
+            # lm-eval refuses multimodal tasks unless the LM says it takes them
+            self.MULTIMODAL = True
+        self.replayed: dict[str, int] = {}
+
+    def loglikelihood(self, requests: list[Any]) -> list[Any]:
+        return self._replay("loglikelihood", requests)
+
+    def loglikelihood_rolling(self, requests: list[Any]) -> list[Any]:
+        return self._replay("loglikelihood_rolling", requests)
+
+    def generate_until(self, requests: list[Any]) -> list[Any]:
+        return self._replay("generate_until", requests)
+
+    def _replay(self, kind: str, requests: list[Any]) -> list[Any]:
+        keys = request_keys(kind, requests)
+        answers = self.store.get_many(self.model_key, kind, keys)
+        missing = {k for k in keys if k not in answers}
+        if missing:
+            held = self.store.counts(self.model_key)
+            summary = ", ".join(f"{k} {n}" for k, n in sorted(held.items())) or "nothing"
+            raise MissingResponses(
+                f"{len(missing)} of {len(set(keys))} distinct {kind} responses are missing "
+                f"from the response store {self.store.path} (model key "
+                f"{self.model_key[:12]}); it holds for this model: {summary}. "
+                "Run the missing shards (or rerun a killed one) before scoring.")
+        self.replayed[kind] = self.replayed.get(kind, 0) + len(requests)
+        return [answers[k] for k in keys]

@@ -1,0 +1,113 @@
+"""Data parallelism through the plugin: request shards on CPU processes, same scores."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from pytest_disteval.gpus import FakeInventory, LeaseManager
+
+from conftest import Demo
+from helpers import model_block, write_suite
+
+pytestmark = pytest.mark.slow
+
+TASKS = """\
+tasks:
+  - task: arith_mc
+    num_fewshot: 3
+    limit: 40
+    thresholds: {acc: 0.0}
+  - task: arith_gen
+    limit: 20
+    thresholds:
+      exact_match,strict-match: 0.0
+"""
+
+
+def dp_suite(project: pytest.Pytester, demo: Demo) -> None:
+    # the untrained model: scores away from 0 and 1, so a wrong shard would show
+    write_suite(project, "dp", "disteval: 1\ninclude: [tasks]\nmodels:\n"
+                + model_block("weak", demo.weak, extra="timeout: 5m\n") + TASKS)
+
+
+def results(base: Path) -> dict[str, object]:
+    data = json.loads((base / "results" / "suites" / "dp" / "weak.json").read_text())
+    return {task: data["results"][task] for task in ("arith_mc", "arith_gen")}
+
+
+def starts(base: Path) -> list[dict[str, object]]:
+    return [json.loads(line) for line in (base / "workers.jsonl").read_text().splitlines()]
+
+
+def test_same_scores_for_dp_1_2_and_3(project: pytest.Pytester, demo: Demo) -> None:
+    dp_suite(project, demo)
+    scores = {}
+    for dp in (1, 2, 3):
+        base = project.path / f"dp{dp}"
+        project.runpytest("suites", f"--disteval-dir={base}", "--gpus", "0",
+                          "--dp", str(dp)).assert_outcomes(passed=2)
+        scores[dp] = results(base)
+        modes = sorted(str(r["mode"]) for r in starts(base))
+        assert modes == (["direct"] if dp == 1 else ["score"] + ["shard"] * dp)
+        for log in (base / "logs").glob("*shard*.log"):
+            assert log.read_text().count("model loaded") == 1  # once per group per job
+    assert scores[1] == scores[2] == scores[3]
+    assert 0 < scores[1]["arith_mc"]["acc,none"] < 1  # type: ignore[index]
+
+
+def test_a_failed_shard_is_retried_once_on_another_group(
+        project: pytest.Pytester, demo: Demo, monkeypatch: pytest.MonkeyPatch) -> None:
+    dp_suite(project, demo)
+    monkeypatch.setenv("DISTEVAL_FAULT", "shard0:once")
+    base = project.path / "retry"
+    result = project.runpytest("suites", f"--disteval-dir={base}",
+                               "--disteval-fake-gpus", "2x80GiB", "--dp", "2")
+    result.assert_outcomes(passed=2)
+    shard0 = [r["gpus"] for r in starts(base) if "shard0" in str(r["worker"])]
+    assert shard0 == [[0], [1]]  # first on group 0, the retry on group 1
+
+    monkeypatch.setenv("DISTEVAL_FAULT", "shard1:always")
+    result = project.runpytest("suites", f"--disteval-dir={project.path / 'fail'}",
+                               "--disteval-fake-gpus", "2x80GiB", "--dp", "2")
+    result.assert_outcomes(failed=2)
+    result.stdout.fnmatch_lines([
+        "*shard 1 of 2 failed twice (the retry ran on another group): *fault injected*",
+        "last lines of the log:",
+    ])
+
+
+def test_ctrl_c_leaves_no_worker_and_no_lease(project: pytest.Pytester, demo: Demo) -> None:
+    dp_suite(project, demo)
+    base = project.path / "interrupted"
+    env = {**os.environ, "PYTEST_DISTEVAL_LOCK_DIR": str(project.path / "locks")}
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "pytest", "-p", "no:cacheprovider", "suites",
+         f"--disteval-dir={base}", "--disteval-fake-gpus", "2x80GiB", "--dp", "2"],
+        cwd=project.path, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline:
+        log = base / "workers.jsonl"
+        if log.exists() and len(log.read_text().splitlines()) >= 2:
+            break
+        time.sleep(0.2)
+    else:
+        proc.kill()
+        pytest.fail("the shard workers never started")
+    time.sleep(1.0)  # let them get going
+    proc.send_signal(signal.SIGINT)
+    output = proc.communicate(timeout=60)[0].decode()
+    assert "KeyboardInterrupt" in output
+    time.sleep(0.5)
+    ps = subprocess.run(["ps", "-eo", "args"], capture_output=True, text=True).stdout
+    assert str(base) not in ps, "a worker outlived the interrupted session"
+    leases = LeaseManager(project.path / "locks")
+    for gpu in FakeInventory.from_spec("2x80GiB").gpus():
+        assert leases.holder(gpu) is None
