@@ -28,17 +28,20 @@ from .layout import (
 @dataclass(frozen=True)
 class GpuOptions:
     gpus: int | str | None = None  # a count, "all", 0 for CPU; None: all, or CPU if none
+    pack: int = 1  # replicas per group: small models leave a GPU mostly idle
     gpu_ids: tuple[int, ...] | None = None
     tp: int | str | None = None  # an int or "auto"
     pp: int | None = None
     dp: int | None = None
     fake_gpus: str | None = None
+    xdist_worker: bool = False  # one job per xdist worker, each on one free group
 
 
 @dataclass
 class JobPlan:
     layout: Layout
-    groups: list[list[GPU]]  # one per replica; empty lists on CPU
+    groups: list[list[GPU]]  # one per replica (a group repeats when packed); [] on CPU
+    candidates: list[list[GPU]]  # every group that fits: a single replica takes any free one
     on_gpu: bool
     model_args: dict[str, Any]
     params: int | None = None
@@ -116,6 +119,8 @@ def plan_job(job: EvalJob, options: GpuOptions, inv: Inventory | None) -> JobPla
     tp = _pick("tp", options.tp, model.tp, notes)
     pp = _pick("pp", options.pp, model.pp, notes)
     dp = _pick("dp", options.dp, model.dp, notes)
+    if dp is None and options.xdist_worker:
+        dp = 1  # -n: xdist workers run jobs side by side, each on a group of its own
     fake = inv is not None and inv.source == "fake"
     if not gpus or (model.device == "cpu" and not fake):
         # CPU: no groups to split a model over; dp replicas are processes
@@ -123,7 +128,7 @@ def plan_job(job: EvalJob, options: GpuOptions, inv: Inventory | None) -> JobPla
             raise LayoutError(f"model {model.name!r} runs on CPU ({source}), where tp and pp "
                               "must be 1; give it GPUs (--gpus N) or drop tp/pp")
         layout = Layout(1, 1, dp or 1)
-        return JobPlan(layout, [[] for _ in range(layout.dp)], False,
+        return JobPlan(layout, [[] for _ in range(layout.dp * options.pack)], [], False,
                        backend.model_args(model.model_args, layout, False), notes=notes)
     pretrained = str(model.model_args["pretrained"])
     params = memory = heads = None
@@ -143,12 +148,28 @@ def plan_job(job: EvalJob, options: GpuOptions, inv: Inventory | None) -> JobPla
     layout = plan_layout(gpus_granted=len(gpus), gpu_memory=min(g.total_memory for g in gpus),
                          memory_needed=memory, tp=tp, pp=pp, dp=dp, heads=heads,
                          needs_heads_divisible=backend.splits_heads, gpus_source=source)
-    groups = make_groups(gpus, layout.group_size, layout.dp, inv)
+    candidates = make_groups(gpus, layout.group_size, None, inv)
+    groups = [g for g in make_groups(gpus, layout.group_size, layout.dp, inv)
+              for _ in range(options.pack)]
+    if options.pack > 1:
+        notes.append(f"{options.pack} replicas packed on each group (--disteval-pack)")
     real = not fake
     if fake:
         notes.append("fake GPU inventory: workers run on the CPU, one per group")
-    return JobPlan(layout, groups, real, backend.model_args(model.model_args, layout, real),
-                   params, memory, notes)
+    return JobPlan(layout, groups, candidates, real,
+                   backend.model_args(model.model_args, layout, real), params, memory, notes)
+
+
+def groups_available(options: GpuOptions) -> int | None:
+    """How many groups the GPUs make (for ``-n auto``); None without GPUs."""
+    try:
+        gpus, _ = granted_gpus(inventory(options), options)
+    except (NoGPUError, LayoutError):
+        return None
+    if not gpus:
+        return None
+    size = (options.tp if isinstance(options.tp, int) else 1) * (options.pp or 1)
+    return max(1, len(gpus) // size) * options.pack
 
 
 def _pick(name: str, cli: Any, suite: Any, notes: list[str]) -> Any:

@@ -44,6 +44,9 @@ def pytest_addoption(parser: pytest.Parser) -> None:
     group.addoption("--dp", dest="disteval_dp", metavar="N",
                     help="Replicas sharing each job's requests (default: as many groups as "
                          "the GPUs allow; 1 on CPU)")
+    group.addoption("--disteval-pack", dest="disteval_pack", metavar="N",
+                    help="Replicas per group, for models too small to keep a GPU busy "
+                         "(default: 1)")
     group.addoption("--disteval-plan", dest="disteval_plan", action="store_true",
                     default=False,
                     help="Print jobs, layouts, GPU groups and worker commands; run nothing")
@@ -53,7 +56,8 @@ def pytest_addoption(parser: pytest.Parser) -> None:
     for name, text in (("gpus", "GPUs to use: a count, all, or 0"),
                        ("gpu_ids", "Explicit GPU indices, e.g. 0,1,2,3"),
                        ("tp", "Tensor parallel size, or auto"),
-                       ("pp", "Pipeline parallel size"), ("dp", "Replicas per job")):
+                       ("pp", "Pipeline parallel size"), ("dp", "Replicas per job"),
+                       ("pack", "Replicas per group")):
         parser.addini(f"disteval_{name}", text, default="")
     parser.addini("disteval_dir", "Directory for the result store, results and logs",
                   default="")
@@ -83,3 +87,12 @@ def pytest_collect_file(file_path: Path, parent: pytest.Collector) -> pytest.Col
     if is_suite(file_path):
         return SuiteFile.from_parent(parent, path=file_path)  # type: ignore[no-any-return]
     return None
+
+
+@pytest.hookimpl(optionalhook=True, tryfirst=True)
+def pytest_xdist_auto_num_workers(config: pytest.Config) -> int | None:
+    # -n auto: one xdist worker per group. xdist asks before pytest_configure, so the
+    # settings are resolved here on their own; None leaves xdist's default (CPUs)
+    from .planner import groups_available
+
+    return groups_available(settings_mod.resolve(config).gpu)

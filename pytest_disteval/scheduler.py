@@ -211,81 +211,98 @@ class JobScheduler:
         spec = self.worker_spec(job, todo, keys, run_dir, plan)
         timeout = job.model.timeout or self.settings.timeout
         started = time.perf_counter()
-        if plan.layout.dp == 1:
-            run = self._replica(job, plan, plan.groups[0], dict(spec, mode="direct"),
-                                run_dir / "spec.json", f"{job.name}-{job.job_id[:8]}", timeout)
+        owner = f"pytest-disteval {job.suite.path}::{job.name}"
+        if len(plan.groups) == 1:
+            # one replica: any free group will do (xdist workers and other sessions share)
+            lease = (self.leases.acquire_any(plan.candidates or plan.groups, timeout=timeout,
+                                             owner=owner) if plan.groups[0] else None)
+            try:
+                group = list(lease.gpus) if lease else []
+                run = self._replica(job, plan, group, lease.env() if lease else {},
+                                    dict(spec, mode="direct"), run_dir / "spec.json",
+                                    f"{job.name}-{job.job_id[:8]}", timeout)
+            finally:
+                if lease is not None:
+                    lease.release()
             return run, self._failure(job, run, run_dir / "error.json", timeout)
-        # dp > 1: every replica builds the full request list and executes its shard
-        # beside the entries: --disteval-no-cache and --disteval-clear-cache cover it too
+        # dp > 1: every replica builds the full request list and executes its shard;
+        # the response store sits beside the entries, so --disteval-no-cache and
+        # --disteval-clear-cache cover it too
         responses = self.store.root / "responses" / f"{job.model_key}.sqlite"
         runs: dict[int, WorkerRun] = {}
+        # each distinct group is leased once, for the whole job (packed replicas share it)
+        distinct = list({tuple(g.uuid for g in group): group for group in plan.groups}.values())
+        leases = {tuple(g.uuid for g in group): self.leases.acquire(group, timeout=timeout,
+                                                                   owner=owner)
+                  for group in distinct if group}
+
+        def env_of(group: list[GPU]) -> dict[str, str]:
+            lease = leases.get(tuple(g.uuid for g in group))
+            return lease.env() if lease else {}
 
         def shard(index: int, group: list[GPU], attempt: int) -> None:
             shard_spec = dict(spec, mode="shard", responses=str(responses),
-                              shard={"index": index, "count": plan.layout.dp},
+                              shard={"index": index, "count": len(plan.groups)},
                               error_path=str(run_dir / f"error-{index}.json"),
                               meta_path=str(run_dir / f"meta-shard{index}.json"),
                               run_dir=str(run_dir))
             name = f"{job.name}-{job.job_id[:8]}-shard{index}" + (f"-retry{attempt}"
                                                                     if attempt else "")
-            runs[index] = self._replica(job, plan, group, shard_spec,
+            runs[index] = self._replica(job, plan, group, env_of(group), shard_spec,
                                         run_dir / f"spec-shard{index}.json", name, timeout)
 
-        threads = [threading.Thread(target=shard, args=(i, g, 0), daemon=True)
-                   for i, g in enumerate(plan.groups)]
-        for thread in threads:
-            thread.start()
         try:
+            threads = [threading.Thread(target=shard, args=(i, g, 0), daemon=True)
+                       for i, g in enumerate(plan.groups)]
             for thread in threads:
-                thread.join()
-        except BaseException:
-            kill_all()  # Ctrl-C lands in this thread; the shard workers must die with it
-            raise
-        for index in sorted(runs):
-            if runs[index].returncode != 0:
-                # once, on another group: what the shard stored is not redone
-                other = plan.groups[(index + 1) % len(plan.groups)]
-                shard(index, other, 1)
+                thread.start()
+            try:
+                for thread in threads:
+                    thread.join()
+            except BaseException:
+                kill_all()  # Ctrl-C lands in this thread; the shard workers must die with it
+                raise
+            for index in sorted(runs):
+                if runs[index].returncode != 0:
+                    # once, on another group: what the shard stored is not redone
+                    shard(index, _other_group(distinct, plan.groups[index]), 1)
+        finally:
+            for lease in leases.values():
+                lease.release()
         failed = [i for i in sorted(runs) if runs[i].returncode != 0]
         if failed:
             run = runs[failed[0]]
             failure = self._failure(job, run, run_dir / f"error-{failed[0]}.json", timeout)
             if failure is not None:
-                failure.message = (f"shard {failed[0]} of {plan.layout.dp} failed twice "
+                failure.message = (f"shard {failed[0]} of {len(plan.groups)} failed twice "
                                    f"(the retry ran on another group): {failure.message}")
             return run, failure
-        score = self._replica(job, plan, [], dict(spec, mode="score", responses=str(responses)),
+        score = self._replica(job, plan, [], {}, dict(spec, mode="score",
+                                                      responses=str(responses)),
                               run_dir / "spec-score.json", f"{job.name}-{job.job_id[:8]}-score",
                               timeout)
         score.wall_s = time.perf_counter() - started
         return score, self._failure(job, score, run_dir / "error.json", timeout)
 
-    def _replica(self, job: EvalJob, plan: JobPlan, group: list[GPU], spec: dict[str, Any],
-                 spec_path: Path, name: str, timeout: float | None) -> WorkerRun:
-        """Start one worker on ``group`` (leased for the time it runs) and wait for it."""
+    def _replica(self, job: EvalJob, plan: JobPlan, group: list[GPU], group_env: dict[str, str],
+                 spec: dict[str, Any], spec_path: Path, name: str,
+                 timeout: float | None) -> WorkerRun:
+        """Start one worker on ``group`` (already leased by the caller) and wait for it."""
         backend = BACKENDS[job.model.backend]
-        if group and self.inventory_source() == "nvml":
+        if group and plan.on_gpu:
             spec["device"] = spec.get("device") or "cuda"
         write_json_atomic(spec_path, spec)
         layout = plan.layout if spec.get("mode") != "score" else Layout()
         command = [*backend.launch(self.settings.python, layout), str(spec_path)]
         log_path = self.settings.logs_dir / f"{name}.log"
-        env = worker_env()
-        if not plan.on_gpu and plan.layout.dp > 1 and spec.get("mode") == "shard":
-            # CPU replicas share the cores: without this each would start one thread per core
-            env.setdefault("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // plan.layout.dp)))
-        lease = None
-        if group:
-            lease = self.leases.acquire(group, timeout=timeout,
-                                        owner=f"pytest-disteval {job.suite.path}::{job.name}")
-            env.update(lease.env())
+        env = worker_env(group_env)
+        replicas = len(plan.groups)
+        if not plan.on_gpu and replicas > 1 and spec.get("mode") == "shard":
+            # CPU replicas share the cores: without this each starts one thread per core
+            env.setdefault("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // replicas)))
         self._audit({"job": job_key(job), "worker": name, "mode": spec.get("mode"),
                      "gpus": [g.index for g in group], "session_pid": os.getpid()})
-        try:
-            return run_worker(command, env=env, log_path=log_path, timeout=timeout)
-        finally:
-            if lease is not None:
-                lease.release()
+        return run_worker(command, env=env, log_path=log_path, timeout=timeout)
 
     def _failure(self, job: EvalJob, run: WorkerRun, error_file: Path,
                  timeout: float | None) -> JobFailure | None:
@@ -411,6 +428,13 @@ class JobScheduler:
 def job_key(job: EvalJob) -> str:
     # cheap (no hashing of weights): used at collection time for xdist grouping too
     return f"{job.suite.path}::{job.name}"
+
+
+def _other_group(distinct: list[list[GPU]], group: list[GPU]) -> list[GPU]:
+    """The next distinct group after ``group`` (itself when there is no other)."""
+    keys = [tuple(g.uuid for g in d) for d in distinct]
+    here = keys.index(tuple(g.uuid for g in group)) if group else 0
+    return distinct[(here + 1) % len(distinct)]
 
 
 def _is_local(job: EvalJob, entry: TaskEntry) -> bool:

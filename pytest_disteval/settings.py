@@ -48,7 +48,8 @@ class Settings:
 
 # options whose flags are not --disteval-*: the layout words users already know
 _SHORT_FLAGS = {"disteval_gpus": "--gpus", "disteval_gpu_ids": "--gpu-ids",
-                "disteval_tp": "--tp", "disteval_pp": "--pp", "disteval_dp": "--dp"}
+                "disteval_tp": "--tp", "disteval_pp": "--pp", "disteval_dp": "--dp",
+                "disteval_pack": "--disteval-pack"}
 
 
 def _pick(config: pytest.Config, option: str, ini: str, env: str) -> tuple[object, str]:
@@ -121,7 +122,7 @@ def _positive(value: object, where: str, *, allow_zero: bool = False,
 def _gpu_options(config: pytest.Config) -> GpuOptions:
     values: dict[str, object] = {}
     for name, allow_zero, words in (("gpus", True, ("all",)), ("tp", False, ("auto",)),
-                                    ("pp", False, ()), ("dp", False, ())):
+                                    ("pp", False, ()), ("dp", False, ()), ("pack", False, ())):
         value, where = _pick(config, f"disteval_{name}", f"disteval_{name}",
                              f"DISTEVAL_{name.upper()}")
         if value is not None:
@@ -142,4 +143,5 @@ def _gpu_options(config: pytest.Config) -> GpuOptions:
         except ValueError as exc:
             raise pytest.UsageError(f"--disteval-fake-gpus: {exc}") from None
         values["fake_gpus"] = fake
+    values["xdist_worker"] = hasattr(config, "workerinput")
     return GpuOptions(**values)  # type: ignore[arg-type]

@@ -111,3 +111,39 @@ def test_ctrl_c_leaves_no_worker_and_no_lease(project: pytest.Pytester, demo: De
     leases = LeaseManager(project.path / "locks")
     for gpu in FakeInventory.from_spec("2x80GiB").gpus():
         assert leases.holder(gpu) is None
+
+
+def test_n_auto_is_one_xdist_worker_per_group_and_jobs_take_disjoint_groups(
+        project: pytest.Pytester, demo: Demo) -> None:
+    pytest.importorskip("xdist")
+    write_suite(project, "two", "disteval: 1\ninclude: [tasks]\nmodels:\n"
+                + model_block("good", demo.good) + model_block("weak", demo.weak) + """\
+tasks:
+  - task: arith_mc
+    limit: 20
+    thresholds: {acc: 0.0}
+""")
+    base = project.path / "xd"
+    result = project.runpytest_subprocess("suites", f"--disteval-dir={base}", "-p", "xdist",
+                                          "-n", "auto", "--disteval-fake-gpus", "4x80GiB",
+                                          "--tp", "2")
+    result.assert_outcomes(passed=2)
+    result.stdout.fnmatch_lines(["created: 2/2 workers"])
+    groups = {str(r["job"]): r["gpus"] for r in starts(base)}
+    assert set(groups) == {"suites/two.yaml::good", "suites/two.yaml::weak"}
+    assert all(len(g) == 2 for g in groups.values())  # type: ignore[arg-type]
+    assert sorted(sum(groups.values(), [])) == [0, 1, 2, 3]  # type: ignore[arg-type]
+
+
+def test_replicas_packed_on_one_group(project: pytest.Pytester, demo: Demo) -> None:
+    dp_suite(project, demo)
+    base = project.path / "packed"
+    result = project.runpytest("suites", f"--disteval-dir={base}", "--disteval-fake-gpus",
+                               "1x80GiB", "--disteval-pack", "2")
+    result.assert_outcomes(passed=2)
+    shards = [r["gpus"] for r in starts(base) if r["mode"] == "shard"]
+    assert shards == [[0], [0]] or sorted(map(str, shards)) == ["[0]", "[0]"]
+    direct = project.path / "direct"
+    project.runpytest("suites", f"--disteval-dir={direct}", "--gpus", "0").assert_outcomes(
+        passed=2)
+    assert results(base) == results(direct)
