@@ -1,0 +1,226 @@
+"""One GPU: plain lm_eval vs the plugin with 1 replica and with replicas packed on the GPU.
+
+    python benchmarks/gpu_dp.py --rounds 2 --out results/
+
+Builds (once, in --work) a random-initialised 1.1B Llama-shaped checkpoint (hidden
+2048, 22 layers, vocab 32000, bf16; the demo's character tokenizer) and a local
+multiple-choice task of 1,000 documents with ~400-token contexts and 4 choices
+(4,000 loglikelihood requests): the reference job of ../shared/gpu/README.md. Scores
+are meaningless; times, memory and utilisation are real. Each round runs, in
+alternating order, whole processes:
+
+  lm_eval   plain ``lm_eval run --model hf`` (batch 64), as users run it
+  plugin-1  ``pytest <suite> --gpus 1``: one replica (dp 1)
+  plugin-N  ``pytest <suite> --gpus 1 --disteval-pack N``: N replicas packed on the GPU
+
+The plugin runs with --disteval-no-cache (cold: nothing reused). An NVML sampler
+records GPU utilisation and memory every 0.2 s. Prints a table and writes JSON.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import random
+import shutil
+import statistics
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+TOKENIZER = ROOT / "demo" / "models" / "tiny-arith"
+
+
+def make_model(path: Path) -> None:
+    if (path / "config.json").exists():
+        return
+    import torch
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    torch.manual_seed(0)
+    config = LlamaConfig(hidden_size=2048, intermediate_size=5632, num_hidden_layers=22,
+                         num_attention_heads=32, num_key_value_heads=4, vocab_size=32000,
+                         max_position_embeddings=2048, bos_token_id=1, eos_token_id=2,
+                         pad_token_id=0, tie_word_embeddings=False)
+    with torch.device("cuda"):
+        model = LlamaForCausalLM(config).to(torch.bfloat16)
+    model.save_pretrained(path, safe_serialization=True)
+    for name in ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json"):
+        shutil.copy(TOKENIZER / name, path / name)
+
+
+def make_task(suite_dir: Path, docs: int = 1000, context_chars: int = 400) -> None:
+    rng = random.Random(0)
+    rows = []
+    for _ in range(docs):
+        lines = []
+        while sum(len(x) + 1 for x in lines) < context_chars:
+            a, b = rng.randrange(100), rng.randrange(100)
+            lines.append(f"{a}+{b}= {a + b}")
+        a, b = rng.randrange(100), rng.randrange(100)
+        answer = a + b
+        choices = [str(answer), str(answer + 1), str(answer + 10), str(max(0, answer - 1))]
+        rng.shuffle(choices)
+        rows.append({"context": "\n".join(lines) + f"\n{a}+{b}=", "choices": choices,
+                     "label": choices.index(str(answer))})
+    (suite_dir / "data").mkdir(parents=True, exist_ok=True)
+    (suite_dir / "data" / "bench.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    (suite_dir / "tasks").mkdir(exist_ok=True)
+    (suite_dir / "tasks" / "bench_mc.yaml").write_text(
+        "task: bench_mc\noutput_type: multiple_choice\ndataset_path: json\n"
+        "dataset_kwargs:\n  data_files:\n    test: data/bench.jsonl\ntest_split: test\n"
+        'doc_to_text: "{{context}}"\ndoc_to_choice: "{{choices}}"\ndoc_to_target: label\n'
+        "metric_list:\n  - metric: acc\n")
+
+
+def make_suite(suite_dir: Path, model: Path) -> Path:
+    path = suite_dir / "bench.yaml"
+    path.write_text(f"""\
+disteval: 1
+include: [tasks]
+models:
+  - name: llama-1.1b
+    backend: hf
+    model_args: {{pretrained: {model}, dtype: bfloat16}}
+    batch_size: 64
+tasks:
+  - task: bench_mc
+    thresholds: {{acc: 0.0}}
+""")
+    return path
+
+
+class Sampler:
+    """NVML utilisation and memory of one GPU every `period` seconds."""
+
+    def __init__(self, index: int, period: float = 0.2) -> None:
+        import pynvml
+
+        pynvml.nvmlInit()
+        self.nvml = pynvml
+        self.handle = pynvml.nvmlDeviceGetHandleByIndex(index)
+        self.period = period
+        self.samples: list[tuple[float, int, int]] = []
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._loop, daemon=True)
+
+    def _loop(self) -> None:
+        while not self._stop.is_set():
+            util = self.nvml.nvmlDeviceGetUtilizationRates(self.handle).gpu
+            mem = self.nvml.nvmlDeviceGetMemoryInfo(self.handle).used
+            self.samples.append((time.monotonic(), util, mem))
+            self._stop.wait(self.period)
+
+    def __enter__(self) -> Sampler:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join()
+
+    def summary(self, baseline_mem: int) -> dict[str, float]:
+        utils = [u for _, u, _ in self.samples]
+        return {"mean_util": statistics.fmean(utils) if utils else 0.0,
+                "peak_mem_gib": (max(m for *_, m in self.samples) - baseline_mem) / 2**30
+                if self.samples else 0.0}
+
+
+def timed(command: list[str], cwd: Path, env: dict[str, str], log: Path) -> dict[str, float]:
+    start = time.perf_counter()
+    with log.open("w") as handle:
+        rc = subprocess.call(command, cwd=cwd, env=env, stdout=handle, stderr=subprocess.STDOUT)
+    if rc != 0:
+        print(log.read_text()[-4000:])
+        raise SystemExit(f"failed ({rc}): {' '.join(command)}")
+    return {"wall_s": time.perf_counter() - start}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--rounds", type=int, default=2)
+    parser.add_argument("--packs", default="2,4")
+    parser.add_argument("--work", type=Path, default=Path("/tmp/disteval-gpu-bench"))
+    parser.add_argument("--out", type=Path, default=None)
+    args = parser.parse_args()
+    work = args.work
+    suite_dir = work / "suite"
+    model = work / "llama-1.1b"
+    t0 = time.perf_counter()
+    make_model(model)
+    make_task(suite_dir)
+    suite = make_suite(suite_dir, model)
+    print(f"model and task ready in {time.perf_counter() - t0:.1f}s", flush=True)
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1",
+           "TOKENIZERS_PARALLELISM": "false"}
+    py = sys.executable
+    runs = {
+        "lm_eval": ([py, "-m", "lm_eval", "run", "--model", "hf", "--model_args",
+                     f"pretrained={model},dtype=bfloat16", "--tasks", "bench_mc",
+                     "--include_path", str(suite_dir / "tasks"), "--batch_size", "64",
+                     "--device", "cuda:0", "--output_path", str(work / "lm_eval_out")],
+                    suite_dir),
+        "plugin-1": ([py, "-m", "pytest", "-p", "no:cacheprovider", str(suite), "--gpus", "1",
+                      "--disteval-no-cache", f"--disteval-dir={work / 'd1'}"], suite_dir),
+    }
+    for n in [int(x) for x in args.packs.split(",") if x]:
+        runs[f"plugin-{n}x"] = ([py, "-m", "pytest", "-p", "no:cacheprovider", str(suite),
+                                 "--gpus", "1", "--disteval-no-cache", "--disteval-pack",
+                                 str(n), f"--disteval-dir={work / f'd{n}'}"], suite_dir)
+    import pynvml
+
+    pynvml.nvmlInit()
+    baseline = pynvml.nvmlDeviceGetMemoryInfo(pynvml.nvmlDeviceGetHandleByIndex(0)).used
+    rows: list[dict[str, object]] = []
+    names = list(runs)
+    for r in range(args.rounds):
+        order = names if r % 2 == 0 else names[::-1]
+        for name in order:
+            command, cwd = runs[name]
+            with Sampler(0) as sampler:
+                row = timed(command, cwd, env, work / f"{name}-{r}.log")
+            row.update(sampler.summary(baseline))
+            row.update({"run": name, "round": r})
+            rows.append(row)
+            print(f"round {r} {name:10s} wall {row['wall_s']:7.1f}s  util "
+                  f"{row['mean_util']:5.1f}%  peak {row['peak_mem_gib']:5.1f} GiB", flush=True)
+    requests = 4000
+    table = []
+    base = statistics.median(float(x["wall_s"]) for x in rows if x["run"] == "lm_eval")
+    for name in names:
+        mine = [x for x in rows if x["run"] == name]
+        wall = statistics.median(float(x["wall_s"]) for x in mine)
+        table.append({"run": name, "median_wall_s": wall, "requests_per_s": requests / wall,
+                      "mean_util": statistics.fmean(float(x["mean_util"]) for x in mine),
+                      "peak_mem_gib": max(float(x["peak_mem_gib"]) for x in mine),
+                      "vs_lm_eval": wall / base, "throughput_vs_lm_eval": base / wall})
+    scores = {}
+    for name in names:
+        found = sorted(work.glob(f"d{name.split('-')[1].rstrip('x')}/results/**/*.json")) \
+            if name != "lm_eval" else sorted((work / "lm_eval_out").rglob("results_*.json"))
+        if found:
+            data = json.loads(found[-1].read_text())
+            scores[name] = data["results"]["bench_mc"].get("acc,none")
+    print(f"\n{'run':<12}{'wall s':>9}{'req/s':>9}{'util %':>8}{'peak GiB':>10}"
+          f"{'wall/lm_eval':>14}{'throughput x':>14}")
+    for t in table:
+        print(f"{t['run']:<12}{t['median_wall_s']:>9.1f}{t['requests_per_s']:>9.1f}"
+              f"{t['mean_util']:>8.1f}{t['peak_mem_gib']:>10.1f}{t['vs_lm_eval']:>14.3f}"
+              f"{t['throughput_vs_lm_eval']:>14.2f}")
+    print("acc per run (bf16; packing changes batch composition):", scores)
+    gpu = pynvml.nvmlDeviceGetName(pynvml.nvmlDeviceGetHandleByIndex(0))
+    result = {"gpu": gpu if isinstance(gpu, str) else gpu.decode(), "rows": rows,
+              "table": table, "scores": scores, "date": time.strftime("%Y-%m-%d")}
+    if args.out:
+        args.out.mkdir(parents=True, exist_ok=True)
+        (args.out / "gpu_dp.json").write_text(json.dumps(result, indent=1))
+        for log in sorted(work.glob("*.log"))[-6:]:
+            shutil.copy(log, args.out / log.name)
+
+
+if __name__ == "__main__":
+    main()
