@@ -144,6 +144,8 @@ def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--rounds", type=int, default=2)
     parser.add_argument("--packs", default="2,4")
+    parser.add_argument("--first-round", type=int, default=0,
+                        help="continue an earlier run: odd rounds run in reverse order")
     parser.add_argument("--work", type=Path, default=Path("/tmp/disteval-gpu-bench"))
     parser.add_argument("--out", type=Path, default=None)
     args = parser.parse_args()
@@ -177,7 +179,7 @@ def main() -> None:
     baseline = pynvml.nvmlDeviceGetMemoryInfo(pynvml.nvmlDeviceGetHandleByIndex(0)).used
     rows: list[dict[str, object]] = []
     names = list(runs)
-    for r in range(args.rounds):
+    for r in range(args.first_round, args.first_round + args.rounds):
         order = names if r % 2 == 0 else names[::-1]
         for name in order:
             command, cwd = runs[name]
