@@ -197,6 +197,22 @@ def token_cost(lm: Any, kind: str) -> Cost:
     """
     encode = getattr(lm, "tok_encode", None)
     memo: dict[str, int] = {}  # contexts repeat across choices and few-shot prompts
+    tokenizer = getattr(lm, "tokenizer", None)
+
+    def prime(requests: Sequence[Any]) -> None:
+        # one batched call of a fast tokenizer instead of thousands of single encodes
+        # (seconds per shard on a 4,000-request job); the counts are the same
+        if not callable(tokenizer):
+            return
+        texts = sorted({a for req in requests for a in req.args[:2] if isinstance(a, str)}
+                       - memo.keys())
+        if not texts:
+            return
+        try:
+            ids = tokenizer(texts, add_special_tokens=False)["input_ids"]
+        except Exception:  # not a Hugging Face tokenizer: count one by one
+            return
+        memo.update(zip(texts, (len(i) for i in ids), strict=True))
 
     def count(text: str) -> int:
         n = memo.get(text)
@@ -227,6 +243,7 @@ def token_cost(lm: Any, kind: str) -> Cost:
             return count(args[0]) + int(gen.get("max_gen_toks") or default_gen)
         return count(args[0])
 
+    cost.prime = prime  # type: ignore[attr-defined]
     return cost
 
 
@@ -363,6 +380,9 @@ class ShardLM(LM):
         stats = self.stats.setdefault(kind, KindStats())
         keys = request_keys(kind, requests)
         cost = self._cost(self.lm, kind)
+        prime = getattr(cost, "prime", None)
+        if callable(prime):
+            prime(requests)
         units, of_key = _units(kind, requests, keys, cost)
         shard_of = _assign_units(units, self.count)
         first: dict[str, Any] = {}
