@@ -111,7 +111,9 @@ def granted_gpus(inv: Inventory | None, options: GpuOptions) -> tuple[list[GPU],
     return gpus, source
 
 
-def plan_job(job: EvalJob, options: GpuOptions, inv: Inventory | None) -> JobPlan:
+def plan_job(job: EvalJob, options: GpuOptions, inv: Inventory | None,
+             sharing: int = 1) -> JobPlan:
+    """``sharing``: jobs of the session that run side by side on the GPUs."""
     model = job.model
     backend = BACKENDS[model.backend]
     gpus, source = granted_gpus(inv, options)
@@ -148,6 +150,12 @@ def plan_job(job: EvalJob, options: GpuOptions, inv: Inventory | None) -> JobPla
     layout = plan_layout(gpus_granted=len(gpus), gpu_memory=min(g.total_memory for g in gpus),
                          memory_needed=memory, tp=tp, pp=pp, dp=dp, heads=heads,
                          needs_heads_divisible=backend.splits_heads, gpus_source=source)
+    if dp is None and sharing > 1 and layout.dp > 1:
+        # several jobs: each takes its share of the groups and they run side by side
+        # (one model load per replica instead of every job on every group in turn)
+        layout = Layout(layout.tp, layout.pp, max(1, layout.dp // sharing))
+        notes.append(f"dp={layout.dp}: the GPUs' groups are shared by {sharing} jobs "
+                     "running side by side (--dp sets it)")
     candidates = make_groups(gpus, layout.group_size, None, inv)
     groups = [g for g in make_groups(gpus, layout.group_size, layout.dp, inv)
               for _ in range(options.pack)]

@@ -14,6 +14,7 @@ import tempfile
 import threading
 import time
 from collections.abc import Iterable
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
@@ -25,7 +26,7 @@ from . import __version__, planner
 from .backends import BACKENDS
 from .executors.local import WorkerRun, kill_all, log_tail, run_worker
 from .fingerprint import digest
-from .gpus import GPU, Inventory, LeaseManager, NoGPUError
+from .gpus import GPU, Inventory, Lease, LeaseManager, NoGPUError
 from .jobs import EvalJob, missing_data_files
 from .layout import Layout, LayoutError
 from .planner import JobPlan
@@ -106,6 +107,10 @@ class JobScheduler:
         self.outcomes: dict[str, JobOutcome] = {}
         self._tmp: tempfile.TemporaryDirectory[str] | None = None
         self._plans: dict[str, JobPlan | LayoutError] = {}
+        self._prefetching = False
+        self._pool: ThreadPoolExecutor | None = None
+        self._futures: dict[str, Future[JobOutcome]] = {}
+        self._alloc = threading.Lock()  # one job at a time picks its groups: no deadlock
         self._inventory_loaded = False
         self._inventory_value: Inventory | None = None
         self.leases = LeaseManager(os.environ.get("PYTEST_DISTEVAL_LOCK_DIR")
@@ -122,6 +127,8 @@ class JobScheduler:
 
     def close(self) -> None:
         kill_all()  # a safety net: no worker outlives the session
+        if self._pool is not None:
+            self._pool.shutdown(wait=False, cancel_futures=True)
         if self._tmp is not None:
             self._tmp.cleanup()
 
@@ -136,6 +143,13 @@ class JobScheduler:
     def outcome(self, job: EvalJob) -> JobOutcome:
         key = job_key(job)
         job = self.jobs.setdefault(key, job)
+        future = self._futures.pop(key, None)
+        if future is not None:
+            try:
+                self.outcomes[key] = future.result()
+            except BaseException:
+                kill_all()  # Ctrl-C while waiting: the prefetched jobs' workers too
+                raise
         known = self.outcomes.get(key)
         # entries added after the job ran (the fixture, a later call) need another run
         if known is None or any(e.name not in known.entries and known.failure is None
@@ -230,11 +244,24 @@ class JobScheduler:
         # --disteval-clear-cache cover it too
         responses = self.store.root / "responses" / f"{job.model_key}.sqlite"
         runs: dict[int, WorkerRun] = {}
-        # each distinct group is leased once, for the whole job (packed replicas share it)
-        distinct = list({tuple(g.uuid for g in group): group for group in plan.groups}.values())
-        leases = {tuple(g.uuid for g in group): self.leases.acquire(group, timeout=timeout,
-                                                                   owner=owner)
-                  for group in distinct if group}
+        # each group is leased once for the whole job (packed replicas share it); which
+        # groups is decided now, among the free ones, so side-by-side jobs never collide
+        wanted = len({tuple(g.uuid for g in group) for group in plan.groups})
+        chosen: list[list[GPU]] = []
+        leases: dict[tuple[str, ...], Lease] = {}
+        if plan.groups[0]:
+            with self._alloc:
+                for _ in range(wanted):
+                    taken = {g.uuid for group in chosen for g in group}
+                    free = [c for c in plan.candidates if not taken & {g.uuid for g in c}]
+                    lease = self.leases.acquire_any(free, timeout=timeout, owner=owner)
+                    chosen.append(list(lease.gpus))
+                    leases[tuple(g.uuid for g in lease.gpus)] = lease
+            pack = len(plan.groups) // wanted
+            replica_groups = [group for group in chosen for _ in range(pack)]
+        else:
+            replica_groups = plan.groups
+        distinct = chosen or plan.groups[:1]
 
         def env_of(group: list[GPU]) -> dict[str, str]:
             lease = leases.get(tuple(g.uuid for g in group))
@@ -253,7 +280,7 @@ class JobScheduler:
 
         try:
             threads = [threading.Thread(target=shard, args=(i, g, 0), daemon=True)
-                       for i, g in enumerate(plan.groups)]
+                       for i, g in enumerate(replica_groups)]
             for thread in threads:
                 thread.start()
             try:
@@ -265,7 +292,7 @@ class JobScheduler:
             for index in sorted(runs):
                 if runs[index].returncode != 0:
                     # once, on another group: what the shard stored is not redone
-                    shard(index, _other_group(distinct, plan.groups[index]), 1)
+                    shard(index, _other_group(distinct, replica_groups[index]), 1)
         finally:
             for lease in leases.values():
                 lease.release()
@@ -300,9 +327,13 @@ class JobScheduler:
         if not plan.on_gpu and replicas > 1 and spec.get("mode") == "shard":
             # CPU replicas share the cores: without this each starts one thread per core
             env.setdefault("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // replicas)))
-        self._audit({"job": job_key(job), "worker": name, "mode": spec.get("mode"),
-                     "gpus": [g.index for g in group], "session_pid": os.getpid()})
-        return run_worker(command, env=env, log_path=log_path, timeout=timeout)
+        record = {"job": job_key(job), "worker": name, "mode": spec.get("mode"),
+                  "gpus": [g.index for g in group], "session_pid": os.getpid()}
+        self._audit({"event": "start", **record})
+        run = run_worker(command, env=env, log_path=log_path, timeout=timeout)
+        self._audit({"event": "end", **record, "returncode": run.returncode,
+                     "wall_s": round(run.wall_s, 3)})
+        return run
 
     def _failure(self, job: EvalJob, run: WorkerRun, error_file: Path,
                  timeout: float | None) -> JobFailure | None:
@@ -324,7 +355,7 @@ class JobScheduler:
                           log_tail(run.log_path), run.timed_out)
 
     def _audit(self, record: dict[str, Any]) -> None:
-        """One line per worker started, in <dir>/workers.jsonl: what ran, where, when."""
+        """Worker starts and ends in <dir>/workers.jsonl: what ran, where, when."""
         record["time"] = datetime.now(timezone.utc).isoformat(timespec="seconds")
         path = self.settings.base_dir / "workers.jsonl"
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -359,12 +390,42 @@ class JobScheduler:
             self._inventory_loaded = True
         return self._inventory_value
 
+    def _sharing(self) -> int:
+        """How many jobs run side by side: all of them when jobs are prefetched."""
+        return len(self.jobs) if self._prefetching else 1
+
+    def prefetch(self) -> None:
+        """Start every job now, side by side on free groups; items then wait for theirs.
+
+        Only with GPUs (real or fake): on a CPU the cores are one resource, jobs run in
+        turn. Leases decide who runs where; a job waits for free groups.
+        """
+        inv = self.inventory()
+        if len(self.jobs) < 2 or inv is None or self.settings.gpu.xdist_worker:
+            return
+        self._prefetching = True
+        plans = {}
+        for key, job in self.jobs.items():
+            try:
+                plans[key] = self.plan(job)
+            except LayoutError:
+                continue  # its items fail with the message when they run
+        if not plans or all(not p.on_gpu and not p.groups[0] for p in plans.values()):
+            self._prefetching = False
+            return
+        groups = max(len(p.candidates) for p in plans.values()) or 1
+        self._pool = ThreadPoolExecutor(max_workers=min(len(plans), groups),
+                                        thread_name_prefix="disteval-job")
+        for key in plans:
+            self._futures[key] = self._pool.submit(self._run, self.jobs[key])
+
     def plan(self, job: EvalJob) -> JobPlan:
         """The job's layout and groups; LayoutError says what to change."""
         key = job_key(job)
         if key not in self._plans:
             try:
-                self._plans[key] = planner.plan_job(job, self.settings.gpu, self.inventory())
+                self._plans[key] = planner.plan_job(job, self.settings.gpu, self.inventory(),
+                                                    sharing=self._sharing())
             except (LayoutError, NoGPUError, ValueError) as exc:
                 self._plans[key] = LayoutError(str(exc))
         plan = self._plans[key]

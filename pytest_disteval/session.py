@@ -65,6 +65,9 @@ class DistevalSession:
             session.config.option.continue_on_collection_errors = True
         if self.config.stash[SETTINGS].plan_only:
             return True  # the plan is printed; nothing runs
+        if not session.config.option.collectonly:
+            # with GPUs, jobs start now, side by side on free groups
+            self.config.stash[SCHEDULER].prefetch()
         return None
 
     @pytest.hookimpl(hookwrapper=True)

@@ -44,7 +44,8 @@ def results(base: Path) -> dict[str, object]:
 
 
 def starts(base: Path) -> list[dict[str, object]]:
-    return [json.loads(line) for line in (base / "workers.jsonl").read_text().splitlines()]
+    lines = (base / "workers.jsonl").read_text().splitlines()
+    return [r for r in map(json.loads, lines) if r["event"] == "start"]
 
 
 def test_same_scores_for_dp_1_2_and_3(project: pytest.Pytester, demo: Demo) -> None:
@@ -147,3 +148,24 @@ def test_replicas_packed_on_one_group(project: pytest.Pytester, demo: Demo) -> N
     project.runpytest("suites", f"--disteval-dir={direct}", "--gpus", "0").assert_outcomes(
         passed=2)
     assert results(base) == results(direct)
+
+
+def test_jobs_run_side_by_side_on_free_groups_without_xdist(
+        project: pytest.Pytester, demo: Demo) -> None:
+    write_suite(project, "two", "disteval: 1\ninclude: [tasks]\nmodels:\n"
+                + model_block("good", demo.good) + model_block("weak", demo.weak) + """\
+tasks:
+  - task: arith_mc
+    limit: 20
+    thresholds: {acc: 0.0}
+""")
+    base = project.path / "side"
+    result = project.runpytest("suites", f"--disteval-dir={base}",
+                               "--disteval-fake-gpus", "4x80GiB", "--tp", "2")
+    result.assert_outcomes(passed=2)
+    events = [json.loads(line) for line in (base / "workers.jsonl").read_text().splitlines()]
+    order = [(e["event"], e["job"]) for e in events]
+    # both jobs started before either ended, each on a group of its own
+    assert [e for e, _ in order[:2]] == ["start", "start"]
+    gpus = [e["gpus"] for e in events if e["event"] == "start"]
+    assert len(gpus) == 2 and not set(gpus[0]) & set(gpus[1])

@@ -59,5 +59,6 @@ def test_the_hf_backend_runs_on_a_gpu(project: pytest.Pytester, demo: Demo) -> N
     project.runpytest("suites", "--gpus", "1").assert_outcomes(passed=1)
     spec = json.loads(next((base / "runs").glob("*/spec.json")).read_text())
     assert spec["device"] == "cuda"
-    (start,) = [json.loads(line) for line in (base / "workers.jsonl").read_text().splitlines()]
+    (start,) = [r for r in map(json.loads, (base / "workers.jsonl").read_text().splitlines())
+                if r["event"] == "start"]
     assert start["gpus"] == [_inventory().gpus()[0].index]  # type: ignore[union-attr]
