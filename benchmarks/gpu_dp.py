@@ -146,15 +146,18 @@ def main() -> None:
     parser.add_argument("--packs", default="2,4")
     parser.add_argument("--first-round", type=int, default=0,
                         help="continue an earlier run: odd rounds run in reverse order")
-    parser.add_argument("--work", type=Path, default=Path("/tmp/disteval-gpu-bench"))
+    parser.add_argument("--docs", type=int, default=1000,
+                        help="documents of the task (4 loglikelihood requests each)")
+    parser.add_argument("--work", type=Path, default=None,
+                        help="default: /tmp/disteval-gpu-bench-<docs>")
     parser.add_argument("--out", type=Path, default=None)
     args = parser.parse_args()
-    work = args.work
+    work = args.work or Path(f"/tmp/disteval-gpu-bench-{args.docs}")
     suite_dir = work / "suite"
-    model = work / "llama-1.1b"
+    model = Path("/tmp/disteval-gpu-model/llama-1.1b")
     t0 = time.perf_counter()
     make_model(model)
-    make_task(suite_dir)
+    make_task(suite_dir, docs=args.docs)
     suite = make_suite(suite_dir, model)
     print(f"model and task ready in {time.perf_counter() - t0:.1f}s", flush=True)
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1",
@@ -190,7 +193,7 @@ def main() -> None:
             rows.append(row)
             print(f"round {r} {name:10s} wall {row['wall_s']:7.1f}s  util "
                   f"{row['mean_util']:5.1f}%  peak {row['peak_mem_gib']:5.1f} GiB", flush=True)
-    requests = 4000
+    requests = 4 * args.docs
     table = []
     base = statistics.median(float(x["wall_s"]) for x in rows if x["run"] == "lm_eval")
     for name in names:
@@ -217,11 +220,16 @@ def main() -> None:
     gpu = pynvml.nvmlDeviceGetName(pynvml.nvmlDeviceGetHandleByIndex(0))
     result = {"gpu": gpu if isinstance(gpu, str) else gpu.decode(), "rows": rows,
               "table": table, "scores": scores, "date": time.strftime("%Y-%m-%d")}
+    # where each worker's time went: the [disteval] lines of the plugin's worker logs
+    lines = []
+    for log in sorted(work.glob("d*/logs/*.log")):
+        lines += [f"{log.parent.parent.name}/{log.name}: {line}"
+                  for line in log.read_text().splitlines() if "[disteval]" in line]
     if args.out:
         args.out.mkdir(parents=True, exist_ok=True)
-        (args.out / "gpu_dp.json").write_text(json.dumps(result, indent=1))
-        for log in sorted(work.glob("*.log"))[-6:]:
-            shutil.copy(log, args.out / log.name)
+        tag = f"{args.docs}-r{args.first_round}"
+        (args.out / f"gpu_dp-{tag}.json").write_text(json.dumps(result, indent=1))
+        (args.out / f"workers-{tag}.txt").write_text("\n".join(lines) + "\n")
 
 
 if __name__ == "__main__":
