@@ -49,7 +49,8 @@ class EvalJob:
     def job_id(self) -> str:
         # the same model in two suites with other include paths is another job
         include = [str(p) for p in self.suite.include_paths]
-        return digest({"model": self.model_key, "include": include,
+        # the suite's path too: logs and run dirs of two suites never collide
+        return digest({"model": self.model_key, "include": include, "suite": str(self.suite.path),
                        "workdir": str(self.suite.workdir)})[:16]
 
     @cached_property

@@ -26,7 +26,7 @@ from . import __version__, planner
 from .backends import BACKENDS
 from .executors.local import WorkerRun, kill_all, log_tail, run_worker
 from .fingerprint import digest
-from .gpus import GPU, Inventory, Lease, LeaseManager, NoGPUError
+from .gpus import GPU, Inventory, Lease, LeaseManager, LeaseTimeout, NoGPUError
 from .jobs import EvalJob, missing_data_files
 from .layout import Layout, LayoutError
 from .planner import JobPlan
@@ -189,7 +189,11 @@ class JobScheduler:
                 if skip and job.model.required:
                     failure, skip = JobFailure(skip), None
                 if failure is None and skip is None:
-                    run, failure = self._start_worker(job, todo, keys)
+                    try:
+                        run, failure = self._start_worker(job, todo, keys)
+                    except LeaseTimeout as exc:
+                        failure = JobFailure(f"no free GPU group for model {job.name!r} "
+                                             f"within the job timeout: {exc}")
                 for entry in todo:
                     stored = self.store.get(job.model_key, keys[entry.name])
                     if stored is not None:
@@ -232,7 +236,8 @@ class JobScheduler:
                                              owner=owner) if plan.groups[0] else None)
             try:
                 group = list(lease.gpus) if lease else []
-                run = self._replica(job, plan, group, lease.env() if lease else {},
+                # only the group's variables: the worker's own environment must win
+                run = self._replica(job, plan, group, lease.env({}) if lease else {},
                                     dict(spec, mode="direct"), run_dir / "spec.json",
                                     f"{job.name}-{job.job_id[:8]}", timeout)
             finally:
@@ -265,7 +270,7 @@ class JobScheduler:
 
         def env_of(group: list[GPU]) -> dict[str, str]:
             lease = leases.get(tuple(g.uuid for g in group))
-            return lease.env() if lease else {}
+            return lease.env({}) if lease else {}
 
         def shard(index: int, group: list[GPU], attempt: int) -> None:
             shard_spec = dict(spec, mode="shard", responses=str(responses),
@@ -324,8 +329,9 @@ class JobScheduler:
         log_path = self.settings.logs_dir / f"{name}.log"
         env = worker_env(group_env)
         replicas = len(plan.groups)
-        if not plan.on_gpu and replicas > 1 and spec.get("mode") == "shard":
-            # CPU replicas share the cores: without this each starts one thread per core
+        if replicas > 1 and spec.get("mode") == "shard":
+            # replicas share the host's cores (packed on a GPU, or on the CPU): without
+            # this each starts one thread per core and they fight over them
             env.setdefault("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // replicas)))
         record = {"job": job_key(job), "worker": name, "mode": spec.get("mode"),
                   "gpus": [g.index for g in group], "session_pid": os.getpid()}
@@ -400,24 +406,35 @@ class JobScheduler:
         Only with GPUs (real or fake): on a CPU the cores are one resource, jobs run in
         turn. Leases decide who runs where; a job waits for free groups.
         """
-        inv = self.inventory()
-        if len(self.jobs) < 2 or inv is None or self.settings.gpu.xdist_worker:
-            return
-        self._prefetching = True
-        plans = {}
-        for key, job in self.jobs.items():
-            try:
-                plans[key] = self.plan(job)
-            except LayoutError:
-                continue  # its items fail with the message when they run
-        if not plans or all(not p.on_gpu and not p.groups[0] for p in plans.values()):
-            self._prefetching = False
+        plans = self.plan_all()
+        if not self._prefetching:
             return
         groups = max(len(p.candidates) for p in plans.values()) or 1
         self._pool = ThreadPoolExecutor(max_workers=min(len(plans), groups),
                                         thread_name_prefix="disteval-job")
         for key in plans:
             self._futures[key] = self._pool.submit(self._run, self.jobs[key])
+
+    def plan_all(self) -> dict[str, JobPlan]:
+        """Plans of every job; with GPUs and several jobs, they will share the groups."""
+        try:
+            inv = self.inventory()
+        except (NoGPUError, ValueError):
+            inv = None  # each job's plan says why
+        self._prefetching = (len(self.jobs) > 1 and inv is not None
+                             and not self.settings.gpu.xdist_worker)
+        self._plans.clear()
+        plans = {}
+        for key, job in self.jobs.items():
+            try:
+                plans[key] = self.plan(job)
+            except LayoutError:
+                continue  # its items fail with the message when they run
+        if self._prefetching and all(not p.groups[0] for p in plans.values()):
+            self._prefetching = False  # the models all run on the CPU: in turn
+            self._plans.clear()
+            plans = {k: self.plan(j) for k, j in self.jobs.items() if k in plans}
+        return plans
 
     def plan(self, job: EvalJob) -> JobPlan:
         """The job's layout and groups; LayoutError says what to change."""

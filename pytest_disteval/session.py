@@ -6,6 +6,7 @@ from typing import Any
 
 import pytest
 
+from .gpus import NoGPUError
 from .items import DistevalItem, SuiteFile
 from .layout import LayoutError
 from .report import SummaryTable
@@ -47,8 +48,12 @@ class DistevalSession:
         reporter = self.config.pluginmanager.get_plugin("terminalreporter")
         if reporter is None:
             return
-        source = scheduler.inventory_source() or "none (CPU)"
+        try:
+            source = scheduler.inventory_source() or "none (CPU)"
+        except (NoGPUError, ValueError) as exc:
+            source = f"none ({exc})"
         reporter.write_sep("=", f"disteval plan (GPU inventory: {source})")
+        scheduler.plan_all()  # as the run would: several jobs share the groups
         for job in scheduler.jobs.values():
             try:
                 lines = scheduler.plan(job).describe(job, scheduler.settings.python)
