@@ -95,24 +95,27 @@ tasks:
 
 
 class Sampler:
-    """NVML utilisation and memory of one GPU every `period` seconds."""
+    """NVML utilisation and memory of every GPU every `period` seconds."""
 
-    def __init__(self, index: int, period: float = 0.2) -> None:
+    def __init__(self, index: int | None = None, period: float = 0.2) -> None:
         import pynvml
 
         pynvml.nvmlInit()
         self.nvml = pynvml
-        self.handle = pynvml.nvmlDeviceGetHandleByIndex(index)
+        count = pynvml.nvmlDeviceGetCount()
+        indices = range(count) if index is None else [index]
+        self.handles = [pynvml.nvmlDeviceGetHandleByIndex(i) for i in indices]
         self.period = period
-        self.samples: list[tuple[float, int, int]] = []
+        # (time, mean utilisation over the GPUs, memory used on the fullest GPU)
+        self.samples: list[tuple[float, float, int]] = []
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._loop, daemon=True)
 
     def _loop(self) -> None:
         while not self._stop.is_set():
-            util = self.nvml.nvmlDeviceGetUtilizationRates(self.handle).gpu
-            mem = self.nvml.nvmlDeviceGetMemoryInfo(self.handle).used
-            self.samples.append((time.monotonic(), util, mem))
+            utils = [self.nvml.nvmlDeviceGetUtilizationRates(h).gpu for h in self.handles]
+            mems = [self.nvml.nvmlDeviceGetMemoryInfo(h).used for h in self.handles]
+            self.samples.append((time.monotonic(), statistics.fmean(utils), max(mems)))
             self._stop.wait(self.period)
 
     def __enter__(self) -> Sampler:
@@ -144,6 +147,9 @@ def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--rounds", type=int, default=2)
     parser.add_argument("--packs", default="2,4")
+    parser.add_argument("--variant", action="append", default=[], metavar="NAME=ARGS",
+                        help="an extra plugin run, e.g. 'dp2=--gpus 2' or 'tp2=--gpus 2 --tp 2'")
+    parser.add_argument("--no-lm-eval", action="store_true")
     parser.add_argument("--first-round", type=int, default=0,
                         help="continue an earlier run: odd rounds run in reverse order")
     parser.add_argument("--docs", type=int, default=1000,
@@ -176,6 +182,13 @@ def main() -> None:
         runs[f"plugin-{n}x"] = ([py, "-m", "pytest", "-p", "no:cacheprovider", str(suite),
                                  "--gpus", "1", "--disteval-no-cache", "--disteval-pack",
                                  str(n), f"--disteval-dir={work / f'd{n}'}"], suite_dir)
+    for variant in args.variant:
+        name, _, extra = variant.partition("=")
+        runs[name] = ([py, "-m", "pytest", "-p", "no:cacheprovider", str(suite),
+                       "--disteval-no-cache", f"--disteval-dir={work / name}", *extra.split()],
+                      suite_dir)
+    if args.no_lm_eval:
+        del runs["lm_eval"]
     import pynvml
 
     pynvml.nvmlInit()
@@ -186,7 +199,7 @@ def main() -> None:
         order = names if r % 2 == 0 else names[::-1]
         for name in order:
             command, cwd = runs[name]
-            with Sampler(0) as sampler:
+            with Sampler() as sampler:
                 row = timed(command, cwd, env, work / f"{name}-{r}.log")
             row.update(sampler.summary(baseline))
             row.update({"run": name, "round": r})
@@ -195,7 +208,8 @@ def main() -> None:
                   f"{row['mean_util']:5.1f}%  peak {row['peak_mem_gib']:5.1f} GiB", flush=True)
     requests = 4 * args.docs
     table = []
-    base = statistics.median(float(x["wall_s"]) for x in rows if x["run"] == "lm_eval")
+    reference = "lm_eval" if "lm_eval" in runs else names[0]
+    base = statistics.median(float(x["wall_s"]) for x in rows if x["run"] == reference)
     for name in names:
         mine = [x for x in rows if x["run"] == name]
         wall = statistics.median(float(x["wall_s"]) for x in mine)
@@ -205,13 +219,17 @@ def main() -> None:
                       "vs_lm_eval": wall / base, "throughput_vs_lm_eval": base / wall})
     scores = {}
     for name in names:
-        found = sorted(work.glob(f"d{name.split('-')[1].rstrip('x')}/results/**/*.json")) \
-            if name != "lm_eval" else sorted((work / "lm_eval_out").rglob("results_*.json"))
+        if name == "lm_eval":
+            found = sorted((work / "lm_eval_out").rglob("results_*.json"))
+        elif name.startswith("plugin-"):
+            found = sorted(work.glob(f"d{name.split('-')[1].rstrip('x')}/results/**/*.json"))
+        else:
+            found = sorted(work.glob(f"{name}/results/**/*.json"))
         if found:
             data = json.loads(found[-1].read_text())
             scores[name] = data["results"]["bench_mc"].get("acc,none")
     print(f"\n{'run':<12}{'wall s':>9}{'req/s':>9}{'util %':>8}{'peak GiB':>10}"
-          f"{'wall/lm_eval':>14}{'throughput x':>14}")
+          f"{'wall/' + reference:>14}{'throughput x':>14}")
     for t in table:
         print(f"{t['run']:<12}{t['median_wall_s']:>9.1f}{t['requests_per_s']:>9.1f}"
               f"{t['mean_util']:>8.1f}{t['peak_mem_gib']:>10.1f}{t['vs_lm_eval']:>14.3f}"
@@ -222,7 +240,7 @@ def main() -> None:
               "table": table, "scores": scores, "date": time.strftime("%Y-%m-%d")}
     # where each worker's time went: the [disteval] lines of the plugin's worker logs
     lines = []
-    for log in sorted(work.glob("d*/logs/*.log")):
+    for log in sorted(work.glob("*/logs/*.log")):
         lines += [f"{log.parent.parent.name}/{log.name}: {line}"
                   for line in log.read_text().splitlines() if "[disteval]" in line]
     if args.out:
