@@ -13,7 +13,12 @@ import importlib.util
 from dataclasses import dataclass
 from typing import Any
 
-from .layout import Layout
+from .layout import Layout, LayoutError
+
+# model_args keys the layout decides
+LAYOUT_KEYS = frozenset({"tensor_parallel_size", "pipeline_parallel_size", "data_parallel_size",
+                         "tp_size", "dp_size", "tensor_model_parallel_size",
+                         "pipeline_model_parallel_size", "devices"})
 
 
 @dataclass(frozen=True)
@@ -30,8 +35,15 @@ class Backend:
         return importlib.util.find_spec(self.module) is not None
 
     def model_args(self, args: dict[str, Any], layout: Layout, on_gpu: bool) -> dict[str, Any]:
-        """The suite's model_args with the layout applied (the suite's own keys win)."""
+        """The suite's model_args with the layout applied.
+
+        A layout key written in model_args that disagrees with the layout is an error:
+        the layout (tp/pp in the suite or on the command line) is the one place for it.
+        """
         out = dict(args)
+        if self.name == "sglang" and layout.pp > 1:
+            raise LayoutError("sglang: lm-eval's sglang model takes no pipeline parallel "
+                              f"size; use tp only (got {layout})")
         if self.name == "hf":
             if on_gpu and layout.group_size > 1:
                 # accelerate's device map over the GPUs CUDA_VISIBLE_DEVICES shows: the group
@@ -47,6 +59,11 @@ class Backend:
             out["tensor_model_parallel_size"] = layout.tp
             out["pipeline_model_parallel_size"] = layout.pp
             out["devices"] = layout.group_size
+        for key, value in out.items():
+            if key in LAYOUT_KEYS and key in args and args[key] != value:
+                raise LayoutError(f"model_args.{key}={args[key]} disagrees with the layout "
+                                  f"({layout}); set tp/pp in the suite or on the command line "
+                                  f"and leave {key} out")
         return out
 
     def launch(self, python: str, layout: Layout) -> list[str]:

@@ -60,7 +60,7 @@ class EvalJob:
             "format": CACHE_FORMAT,
             "backend": self.model.backend,
             "model_args": args,
-            "fingerprint": model_fingerprint(str(args["pretrained"]), args.get("revision")),
+            "fingerprint": model_fingerprint(self.model.weights, args.get("revision")),
             "device": self.model.device,
             "split": list(self.split),
             "gen_kwargs": self.model.gen_kwargs,

@@ -132,7 +132,7 @@ def plan_job(job: EvalJob, options: GpuOptions, inv: Inventory | None,
         layout = Layout(1, 1, dp or 1)
         return JobPlan(layout, [[] for _ in range(layout.dp * options.pack)], [], False,
                        backend.model_args(model.model_args, layout, False), notes=notes)
-    pretrained = str(model.model_args["pretrained"])
+    pretrained = model.weights
     params = memory = heads = None
     local = local_model_dir(pretrained)
     if local is not None:

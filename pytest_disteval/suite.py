@@ -26,6 +26,8 @@ from .units import parse_duration
 
 FORMAT_VERSION = 1
 BACKENDS = ("hf", "vllm", "sglang", "nemo_lm")
+# the model_args key naming the weights, as lm-eval's model classes take it
+MODEL_KEY = {"hf": "pretrained", "vllm": "pretrained", "sglang": "pretrained", "nemo_lm": "path"}
 BUDGET_KINDS = ("wall_time",)
 SCHEMA_PATH = Path(__file__).with_name("suite.schema.json")
 
@@ -136,6 +138,11 @@ class ModelSpec:
     pp: int | None = None
     dp: int | None = None
     required: bool = False  # fail, rather than skip, when the backend is not installed
+
+    @property
+    def weights(self) -> str:
+        """The model's path or id (``pretrained``, or ``path`` for nemo_lm)."""
+        return str(self.model_args[MODEL_KEY[self.backend]])
 
 
 @dataclass
@@ -328,12 +335,14 @@ def _model(raw: yamlpos.PosDict, where: str, suite_dir: Path,
                      f"{did}; valid: {', '.join(BACKENDS)}")
         return None
     model_args = raw.get("model_args")
-    if not isinstance(model_args, yamlpos.PosDict) or not model_args.get("pretrained"):
+    weights = MODEL_KEY[str(backend)]
+    if not isinstance(model_args, yamlpos.PosDict) or not model_args.get(weights):
         problems.add(raw.line_of("model_args"), f"{where}.model_args",
-                     "required: a mapping with at least 'pretrained' (a local path or a model id)")
+                     f"required: a mapping with at least {weights!r} (a local path or a "
+                     "model id)")
         return None
     args = dict(model_args)
-    for key in ("pretrained", "tokenizer", "peft"):
+    for key in (weights, "tokenizer", "peft"):
         # paths in a suite are relative to the suite file, not to where pytest runs
         value = args.get(key)
         if isinstance(value, str) and (suite_dir / value).exists():
@@ -344,7 +353,7 @@ def _model(raw: yamlpos.PosDict, where: str, suite_dir: Path,
                          f"(looked for {(suite_dir / value).resolve()})")
     name = raw.get("name")
     if name is None:
-        name = Path(str(args["pretrained"])).name
+        name = Path(str(args[weights])).name
     if not isinstance(name, str) or not _NAME_OK.match(name):
         problems.add(raw.line_of("name"), f"{where}.name",
                      f"{name!r} is not a valid name: use letters, digits and . _ + -")

@@ -4,9 +4,13 @@ from __future__ import annotations
 
 import subprocess
 import sys
+from pathlib import Path
+
+import pytest
 
 from pytest_disteval.backends import BACKENDS
-from pytest_disteval.layout import Layout
+from pytest_disteval.layout import Layout, LayoutError
+from pytest_disteval.suite import SuiteError, load_suite
 
 BASE = {"pretrained": "/models/llama", "dtype": "bfloat16", "gpu_memory_utilization": 0.8}
 
@@ -52,3 +56,24 @@ def test_lm_eval_knows_each_backend_name() -> None:
     out = subprocess.run([sys.executable, "-c", code, *names], capture_output=True, text=True,
                          check=True).stdout
     assert out.strip() == "[]"
+
+
+def test_a_layout_key_in_model_args_must_agree_with_the_layout() -> None:
+    vllm = BACKENDS["vllm"]
+    assert vllm.model_args({**BASE, "tensor_parallel_size": 4}, Layout(4, 1, 1), True)
+    with pytest.raises(LayoutError, match="model_args.tensor_parallel_size=2 disagrees"):
+        vllm.model_args({**BASE, "tensor_parallel_size": 2}, Layout(4, 1, 1), True)
+    with pytest.raises(LayoutError, match="sglang: .* no pipeline parallel"):
+        BACKENDS["sglang"].model_args(BASE, Layout(2, 2, 1), True)
+
+
+def test_nemo_suites_name_the_checkpoint_by_path(tmp_path: Path) -> None:
+    (tmp_path / "model.nemo").write_bytes(b"")
+    suite = tmp_path / "s.yaml"
+    suite.write_text("disteval: 1\nmodels:\n  - backend: nemo_lm\n"
+                     "    model_args: {path: model.nemo}\n    budgets: {wall_time: 1h}\n")
+    (model,) = load_suite(suite).models
+    assert model.weights == str(tmp_path / "model.nemo") and model.name == "model.nemo"
+    suite.write_text(suite.read_text().replace("path:", "pretrained:"))
+    with pytest.raises(SuiteError, match="at least 'path'"):
+        load_suite(suite)
