@@ -28,10 +28,8 @@ Target: whole-process collection under 1 s (reported; --strict exits 2 on a miss
 from __future__ import annotations
 
 import argparse
-import datetime as dt
 import json
 import os
-import platform
 import re
 import shutil
 import statistics
@@ -39,9 +37,10 @@ import subprocess
 import sys
 import tempfile
 import time
-from importlib import metadata
 from pathlib import Path
 from typing import Any
+
+from _common import machine_info
 
 REPO = Path(__file__).resolve().parent.parent
 SRC_TASK = REPO / "suites" / "tasks" / "arith_mc.yaml"
@@ -125,35 +124,6 @@ def collected(output: str, where: str) -> tuple[int, float]:
         raise BenchError(f"{where}: no 'N tests collected in Xs' line in:\n{output[-3000:]}")
     count, secs = found[-1]
     return int(count), float(secs)
-
-
-def machine_info() -> dict[str, Any]:
-    cpu_model = "?"
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu_model = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-
-    def version(name: str) -> str | None:
-        try:
-            return metadata.version(name)
-        except metadata.PackageNotFoundError:
-            return None
-
-    return {
-        "date": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
-        "cpu_model": cpu_model,
-        "cores": os.cpu_count(),
-        "loadavg_start": list(os.getloadavg()),
-        "python": platform.python_version(),
-        "pytest": version("pytest"),
-        "pytest_disteval": version("pytest-disteval"),
-        "lm_eval": version("lm_eval"),
-        "torch": version("torch"),
-    }
 
 
 def main() -> int:

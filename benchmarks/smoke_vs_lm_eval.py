@@ -25,10 +25,8 @@ lm_eval_cli <= 1.05, plugin_warm / plugin_cold <= 0.10) are reported; with
 from __future__ import annotations
 
 import argparse
-import datetime as dt
 import json
 import os
-import platform
 import resource
 import shutil
 import statistics
@@ -36,9 +34,10 @@ import subprocess
 import sys
 import tempfile
 import time
-from importlib import metadata
 from pathlib import Path
 from typing import Any
+
+from _common import machine_info
 
 REPO = Path(__file__).resolve().parent.parent
 SUITES = REPO / "suites"
@@ -47,16 +46,9 @@ MODEL_DIR = REPO / "demo" / "models" / "tiny-arith"
 TASKS = ["arith_mc", "arith_gen"]
 MODEL_NAME = "tiny-arith"  # the model's name in smoke.yaml
 
-# what the plugin sets in its workers (pytest_disteval.scheduler.OFFLINE_ENV); every
-# timed process gets it, so lm-eval runs under the same conditions
-OFFLINE_ENV = {
-    "HF_HUB_OFFLINE": "1",
-    "HF_DATASETS_OFFLINE": "1",
-    "TRANSFORMERS_OFFLINE": "1",
-    "HF_EVALUATE_OFFLINE": "1",
-    "TOKENIZERS_PARALLELISM": "false",
-    "PYTHONUNBUFFERED": "1",
-}
+# what the plugin sets in its workers; every timed process gets it, so lm-eval runs
+# under the same conditions
+from pytest_disteval.scheduler import OFFLINE_ENV  # noqa: E402
 
 # `python -c` prefix for lm_eval_noidx: the lm_eval CLI, unchanged, except that every
 # TaskManager it builds skips lm-eval's built-in task directory
@@ -234,60 +226,6 @@ def worker_state(store: Path) -> dict[str, int]:
 
 
 # -- machine ------------------------------------------------------------------------------
-
-
-def machine_info() -> dict[str, Any]:
-    cpu_model = platform.processor() or "?"
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu_model = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    mem = None
-    try:
-        for line in Path("/proc/meminfo").read_text().splitlines():
-            if line.startswith("MemTotal:"):
-                mem = round(int(line.split()[1]) / 1024 / 1024, 1)
-    except OSError:
-        pass
-
-    def version(name: str) -> str | None:
-        try:
-            return metadata.version(name)
-        except metadata.PackageNotFoundError:
-            return None
-
-    try:
-        commit = subprocess.run(["git", "-C", str(REPO), "rev-parse", "--short", "HEAD"],
-                                capture_output=True, text=True, check=False).stdout.strip()
-    except OSError:
-        commit = ""
-    try:
-        dirty = subprocess.run(["git", "-C", str(REPO), "status", "--porcelain", "--",
-                                "pytest_disteval"], capture_output=True, text=True,
-                               check=False).stdout.strip()
-    except OSError:
-        dirty = ""
-    return {
-        "date": dt.datetime.now(dt.timezone.utc).isoformat(timespec="seconds"),
-        "host": platform.node(),
-        "plugin_uncommitted_changes": dirty.splitlines(),
-        "cpu_model": cpu_model,
-        "cores": os.cpu_count(),
-        "cores_usable": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else None,
-        "mem_gib": mem,
-        "loadavg_start": list(os.getloadavg()),
-        "python": platform.python_version(),
-        "torch": version("torch"),
-        "transformers": version("transformers"),
-        "lm_eval": version("lm_eval"),
-        "datasets": version("datasets"),
-        "pytest": version("pytest"),
-        "pytest_disteval": version("pytest-disteval"),
-        "git_commit": commit or None,
-    }
 
 
 # -- the benchmark ------------------------------------------------------------------------

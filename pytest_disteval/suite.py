@@ -310,6 +310,16 @@ def _display_path(path: Path, root: Path | None) -> Path:
     return path
 
 
+def _optional_mapping(raw: yamlpos.PosDict, key: str, where: str, example: str,
+                      problems: _Problems) -> yamlpos.PosDict | None:
+    """``raw[key]`` when it is a mapping; None when absent or (reported) not a mapping."""
+    value = raw.get(key)
+    if value is None or isinstance(value, yamlpos.PosDict):
+        return value
+    problems.add(raw.line_of(key), f"{where}.{key}", f"must be a mapping, e.g. {example}")
+    return None
+
+
 def _marks(raw: yamlpos.PosDict, key: str, where: str, problems: _Problems) -> list[str]:
     value = raw.get(key, [])
     if isinstance(value, str):
@@ -379,13 +389,8 @@ def _model(raw: yamlpos.PosDict, where: str, suite_dir: Path,
         except ValueError as exc:
             problems.add(raw.line_of("timeout"), f"{where}.timeout", str(exc))
     budgets: list[Budget] = []
-    raw_budgets = raw.get("budgets")
-    if raw_budgets is None:
-        pass
-    elif not isinstance(raw_budgets, yamlpos.PosDict):
-        problems.add(raw.line_of("budgets"), f"{where}.budgets",
-                     "must be a mapping, e.g. {wall_time: 10m}")
-    else:
+    raw_budgets = _optional_mapping(raw, "budgets", where, "{wall_time: 10m}", problems)
+    if raw_budgets is not None:
         problems.unknown_keys(raw_budgets, BUDGET_KINDS, f"{where}.budgets.")
         for kind in BUDGET_KINDS:
             if kind in raw_budgets:
@@ -463,13 +468,9 @@ def _task(raw: Any, where: str, line: int, defaults: yamlpos.PosDict, index: Tas
     if local is not None:
         _check_data_files(local, raw, where, problems)
     thresholds: list[Threshold] = []
-    raw_thresholds = raw.get("thresholds")
-    if raw_thresholds is None:
-        pass
-    elif not isinstance(raw_thresholds, yamlpos.PosDict):
-        problems.add(raw.line_of("thresholds"), f"{where}.thresholds",
-                     "must be a mapping of metric -> bound, e.g. {acc: 0.5}")
-    else:
+    raw_thresholds = _optional_mapping(raw, "thresholds", where, "{acc: 0.5} (metric -> bound)",
+                                       problems)
+    if raw_thresholds is not None:
         known = local.metric_keys() if local is not None else None
         for metric, spec in raw_thresholds.items():
             t = _threshold(str(metric), spec, f"{where}.thresholds.{metric}",
@@ -477,7 +478,7 @@ def _task(raw: Any, where: str, line: int, defaults: yamlpos.PosDict, index: Tas
             if t is not None:
                 thresholds.append(t)
     marks = _marks(raw, "marks", f"{where}.", problems)
-    if require_thresholds and not thresholds and raw_thresholds is None:
+    if require_thresholds and not thresholds and raw.get("thresholds") is None:
         problems.add(raw.line, where, f"task entry {name!r} has no thresholds: nothing would "
                      "be tested; add e.g. thresholds: {acc: 0.5}")
     return TaskEntry(name, task, num_fewshot, limit, 1234 if seed is None else seed,

@@ -38,6 +38,16 @@ def dp_suite(project: pytest.Pytester, demo: Demo) -> None:
                 + model_block("weak", demo.weak, extra="timeout: 5m\n") + TASKS)
 
 
+def two_model_suite(project: pytest.Pytester, demo: Demo) -> None:
+    write_suite(project, "two", "disteval: 1\ninclude: [tasks]\nmodels:\n"
+                + model_block("good", demo.good) + model_block("weak", demo.weak) + """\
+tasks:
+  - task: arith_mc
+    limit: 20
+    thresholds: {acc: 0.0}
+""")
+
+
 def results(base: Path) -> dict[str, object]:
     data = json.loads((base / "results" / "suites" / "dp" / "weak.json").read_text())
     return {task: data["results"][task] for task in ("arith_mc", "arith_gen")}
@@ -117,13 +127,7 @@ def test_ctrl_c_leaves_no_worker_and_no_lease(project: pytest.Pytester, demo: De
 def test_n_auto_is_one_xdist_worker_per_group_and_jobs_take_disjoint_groups(
         project: pytest.Pytester, demo: Demo) -> None:
     pytest.importorskip("xdist")
-    write_suite(project, "two", "disteval: 1\ninclude: [tasks]\nmodels:\n"
-                + model_block("good", demo.good) + model_block("weak", demo.weak) + """\
-tasks:
-  - task: arith_mc
-    limit: 20
-    thresholds: {acc: 0.0}
-""")
+    two_model_suite(project, demo)
     base = project.path / "xd"
     result = project.runpytest_subprocess("suites", f"--disteval-dir={base}", "-p", "xdist",
                                           "-n", "auto", "--disteval-fake-gpus", "4x80GiB",
@@ -152,13 +156,7 @@ def test_replicas_packed_on_one_group(project: pytest.Pytester, demo: Demo) -> N
 
 def test_jobs_run_side_by_side_on_free_groups_without_xdist(
         project: pytest.Pytester, demo: Demo) -> None:
-    write_suite(project, "two", "disteval: 1\ninclude: [tasks]\nmodels:\n"
-                + model_block("good", demo.good) + model_block("weak", demo.weak) + """\
-tasks:
-  - task: arith_mc
-    limit: 20
-    thresholds: {acc: 0.0}
-""")
+    two_model_suite(project, demo)
     base = project.path / "side"
     result = project.runpytest("suites", f"--disteval-dir={base}",
                                "--disteval-fake-gpus", "4x80GiB", "--tp", "2")
