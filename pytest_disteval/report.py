@@ -63,7 +63,7 @@ class SummaryTable:
                           bound, result,
                           str(row.get("n_samples", "") or "-"), timing))
         widths = [max(len(header[i]), *(len(r[i]) for r in table)) for i in range(len(header))]
-        line = "  ".join(h.ljust(w) for h, w in zip(header, widths, strict=True))
-        out = [line, "  ".join("-" * w for w in widths)]
-        out.extend("  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)) for r in table)
-        return out
+        def line(cells: tuple[str, ...]) -> str:
+            return "  ".join(c.ljust(w) for c, w in zip(cells, widths, strict=True)).rstrip()
+
+        return [line(header), line(tuple("-" * w for w in widths)), *map(line, table)]
