@@ -274,8 +274,11 @@ def estimate_parameters(config: Mapping[str, Any], where: Path | str = "config.j
     return int(layers * (attention + mlp + norms) + embeddings + hidden)
 
 
-def local_model_dir(model: str | Path) -> Path | None:
-    """A local directory for `model`: the path itself, or its snapshot in the HF cache."""
+def local_model_dir(model: str | Path, revision: str | None = None) -> Path | None:
+    """A local directory for `model`: the path itself, or its snapshot in the HF cache.
+
+    `revision`: a branch or tag (read from refs/) or a commit hash (a snapshot name).
+    """
     path = Path(model).expanduser()
     if path.exists():
         return path
@@ -287,8 +290,11 @@ def local_model_dir(model: str | Path) -> Path | None:
         "hub",
     )
     repo = Path(hub) / ("models--" + name.replace("/", "--"))
+    rev = revision or "main"
+    if (repo / "snapshots" / rev).is_dir():
+        return repo / "snapshots" / rev
     try:
-        ref = (repo / "refs" / "main").read_text().strip()
+        ref = (repo / "refs" / rev).read_text().strip()
     except OSError:
         return None
     snapshot = repo / "snapshots" / ref

@@ -47,6 +47,7 @@ class JobPlan:
     params: int | None = None
     memory_needed: int | None = None
     notes: list[str] = field(default_factory=list)
+    gpu_args: dict[str, Any] | None = None  # fake inventory: what real GPUs would be given
 
     def describe(self, job: EvalJob, python: str) -> list[str]:
         backend = BACKENDS[job.model.backend]
@@ -66,7 +67,7 @@ class JobPlan:
             command = " ".join(backend.launch(python, self.layout))
             lines.append(f"  replica {i}: {where}")
             lines.append(f"    $ {env}{command} <spec>")
-        args = ",".join(f"{k}={v}" for k, v in self.model_args.items())
+        args = ",".join(f"{k}={v}" for k, v in (self.gpu_args or self.model_args).items())
         lines.append(f"  model_args: {args}")
         tasks = ", ".join(e.task for e in job.entries) or "(none selected)"
         lines.append(f"  tasks: {tasks}")
@@ -134,7 +135,8 @@ def plan_job(job: EvalJob, options: GpuOptions, inv: Inventory | None,
                        backend.model_args(model.model_args, layout, False), notes=notes)
     pretrained = model.weights
     params = memory = heads = None
-    local = local_model_dir(pretrained)
+    revision = model.model_args.get("revision")
+    local = local_model_dir(pretrained, str(revision) if revision else None)
     if local is not None:
         try:
             params = count_parameters(local)
@@ -165,7 +167,8 @@ def plan_job(job: EvalJob, options: GpuOptions, inv: Inventory | None,
     if fake:
         notes.append("fake GPU inventory: workers run on the CPU, one per group")
     return JobPlan(layout, groups, candidates, real,
-                   backend.model_args(model.model_args, layout, real), params, memory, notes)
+                   backend.model_args(model.model_args, layout, real), params, memory, notes,
+                   gpu_args=None if real else backend.model_args(model.model_args, layout, True))
 
 
 def groups_available(options: GpuOptions) -> int | None:

@@ -298,3 +298,19 @@ def test_count_errors_name_the_path(tmp_path: Path) -> None:
     (tmp_path / "bad.safetensors").write_bytes(b"\x05\x00\x00\x00\x00\x00\x00\x00nope!")
     with pytest.raises(LayoutError, match="bad.safetensors is not a safetensors file"):
         count_parameters(tmp_path)
+
+
+def test_local_model_dir_follows_the_revision(tmp_path: Path,
+                                              monkeypatch: pytest.MonkeyPatch) -> None:
+    from pytest_disteval.layout import local_model_dir
+
+    repo = tmp_path / "models--org--m"
+    for name, commit in (("main", "aaa"), ("v2", "bbb")):
+        (repo / "refs").mkdir(parents=True, exist_ok=True)
+        (repo / "refs" / name).write_text(commit)
+        (repo / "snapshots" / commit).mkdir(parents=True)
+    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path))
+    assert local_model_dir("org/m") == repo / "snapshots" / "aaa"
+    assert local_model_dir("org/m", "v2") == repo / "snapshots" / "bbb"
+    assert local_model_dir("org/m", "bbb") == repo / "snapshots" / "bbb"  # a commit hash
+    assert local_model_dir("org/m", "nope") is None
