@@ -152,13 +152,17 @@ def plan_job(job: EvalJob, options: GpuOptions, inv: Inventory | None,
     layout = plan_layout(gpus_granted=len(gpus), gpu_memory=min(g.total_memory for g in gpus),
                          memory_needed=memory, tp=tp, pp=pp, dp=dp, heads=heads,
                          needs_heads_divisible=backend.splits_heads, gpus_source=source)
+    candidates = make_groups(gpus, layout.group_size, None, inv)
+    if dp is None and len(candidates) < layout.dp:
+        # interconnect domains can leave fewer whole groups than GPUs / group size
+        layout = Layout(layout.tp, layout.pp, max(1, len(candidates)))
+        notes.append(f"dp={layout.dp}: groups stay inside NVLink/PCIe domains")
     if dp is None and sharing > 1 and layout.dp > 1:
         # several jobs: each takes its share of the groups and they run side by side
         # (one model load per replica instead of every job on every group in turn)
         layout = Layout(layout.tp, layout.pp, max(1, layout.dp // sharing))
         notes.append(f"dp={layout.dp}: the GPUs' groups are shared by {sharing} jobs "
                      "running side by side (--dp sets it)")
-    candidates = make_groups(gpus, layout.group_size, None, inv)
     groups = [g for g in make_groups(gpus, layout.group_size, layout.dp, inv)
               for _ in range(options.pack)]
     if options.pack > 1:

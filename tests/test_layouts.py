@@ -116,3 +116,17 @@ def test_a_missing_backend_skips_with_the_install_command_or_fails_if_required(
                                  "pip install 'sglang?all?'*"])
     suite(project, demo.good, "sglang", extra="    required: true")
     project.runpytest("--gpus", "0").assert_outcomes(failed=1)
+
+
+def test_automatic_dp_counts_only_groups_inside_one_domain(project: pytest.Pytester,
+                                                           demo: Demo) -> None:
+    suite(project, demo.good)
+    # 6 GPUs in two NVLink domains of 3: groups of 2 can only be made once per domain
+    result = project.runpytest("--disteval-plan", "--disteval-fake-gpus", "6x80GB/3",
+                               "--tp", "2")
+    result.stdout.fnmatch_lines([
+        "job suites/plan.yaml::m  backend=hf  tp=2 pp=1 dp=2",
+        "  dp=2: groups stay inside NVLink/PCIe domains",
+        "  replica 0: GPUs 0,1 *",
+        "  replica 1: GPUs 3,4 *",
+    ])
