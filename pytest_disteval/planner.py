@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from .backends import BACKENDS
-from .gpus import GPU, FakeInventory, Inventory, NoGPUError, NvmlInventory, format_size, make_groups
+from .gpus import GPU, FakeInventory, Inventory, NoGPUError, NvmlInventory, make_groups
 from .jobs import EvalJob
 from .layout import (
     Layout,
@@ -23,6 +23,7 @@ from .layout import (
     plan_layout,
     read_attention_heads,
 )
+from .units import format_size
 
 
 @dataclass(frozen=True)
