@@ -131,6 +131,10 @@ class DistevalItem(pytest.Item):
             self.user_properties.append(("wall_time_s", round(wall, 3)))
         if outcome.results_path is not None:
             self.user_properties.append(("results", str(outcome.results_path)))
+        if outcome.gpu is not None:
+            self.user_properties.append(("gpu_mean_util_pct", outcome.gpu["mean_util_pct"]))
+            self.user_properties.append(("gpu_peak_mem_gib",
+                                         round(outcome.gpu["peak_mem_bytes"] / 2**30, 2)))
         return outcome
 
     def job_failed(self, outcome: JobOutcome, what: str) -> DistevalFailure:

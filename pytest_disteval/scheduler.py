@@ -29,6 +29,7 @@ from .fingerprint import digest
 from .gpus import GPU, Inventory, Lease, LeaseManager, LeaseTimeout, NoGPUError
 from .jobs import EvalJob, missing_data_files
 from .layout import Layout, LayoutError
+from .monitor import GpuSampler
 from .planner import JobPlan
 from .settings import Settings
 from .store import ResultStore, merge_entries, write_json_atomic
@@ -83,6 +84,7 @@ class JobOutcome:
     results_path: Path | None = None
     skip_reason: str | None = None  # the backend is not installed (and not required)
     partial: bool = False  # this session evaluated only some entries, the rest were stored
+    gpu: dict[str, Any] | None = None  # NVML: mean utilisation and peak memory while it ran
 
     @property
     def fully_cached(self) -> bool:
@@ -111,6 +113,7 @@ class JobScheduler:
         self._pool: ThreadPoolExecutor | None = None
         self._futures: dict[str, Future[JobOutcome]] = {}
         self._alloc = threading.Lock()  # one job at a time picks its groups: no deadlock
+        self._gpu: dict[str, list[dict[str, Any]]] = {}  # NVML summaries per job
         self._inventory_loaded = False
         self._inventory_value: Inventory | None = None
         self.leases = LeaseManager(os.environ.get("PYTEST_DISTEVAL_LOCK_DIR")
@@ -213,6 +216,7 @@ class JobScheduler:
                              run.wall_s if run is not None and not cached else None,
                              recorded if run is None else None)
         outcome.partial = run is not None and bool(cached)
+        outcome.gpu = _combine_gpu(self._gpu.pop(job_key(job), []))
         outcome.skip_reason = skip if todo else None
         if entries:
             outcome.results_path = self._write_results(job, entries)
@@ -336,7 +340,17 @@ class JobScheduler:
         record = {"job": job_key(job), "worker": name, "mode": spec.get("mode"),
                   "gpus": [g.index for g in group], "session_pid": os.getpid()}
         self._audit({"event": "start", **record})
-        run = run_worker(command, env=env, log_path=log_path, timeout=timeout)
+        if group and plan.on_gpu:
+            # NVML beside the worker: the group's timeline, kept in the run directory
+            with GpuSampler([g.index for g in group]) as sampler:
+                run = run_worker(command, env=env, log_path=log_path, timeout=timeout)
+            write_json_atomic(spec_path.parent / f"gpu-{name}.json", sampler.timeline())
+            summary = sampler.summary()
+            if summary is not None:
+                with self._alloc:  # shard threads append side by side
+                    self._gpu.setdefault(job_key(job), []).append(summary)
+        else:
+            run = run_worker(command, env=env, log_path=log_path, timeout=timeout)
         self._audit({"event": "end", **record, "returncode": run.returncode,
                      "wall_s": round(run.wall_s, 3)})
         return run
@@ -506,6 +520,16 @@ class JobScheduler:
 def job_key(job: EvalJob) -> str:
     # cheap (no hashing of weights): used at collection time for xdist grouping too
     return f"{job.suite.path}::{job.name}"
+
+
+def _combine_gpu(summaries: list[dict[str, Any]]) -> dict[str, Any] | None:
+    """One figure for a job whose replicas each had a sampler."""
+    if not summaries:
+        return None
+    return {"mean_util_pct": round(sum(s["mean_util_pct"] for s in summaries)
+                                   / len(summaries), 1),
+            "peak_mem_bytes": max(s["peak_mem_bytes"] for s in summaries),
+            "replicas": len(summaries)}
 
 
 def _other_group(distinct: list[list[GPU]], group: list[GPU]) -> list[GPU]:

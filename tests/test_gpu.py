@@ -56,7 +56,12 @@ def test_the_hf_backend_runs_on_a_gpu(project: pytest.Pytester, demo: Demo) -> N
             thresholds: {{acc: 0.9}}
         """)
     base = project.path / ".disteval"
-    project.runpytest("suites", "--gpus", "1").assert_outcomes(passed=1)
+    project.runpytest("suites", "--gpus", "1", "--junitxml=r.xml").assert_outcomes(passed=1)
+    # the NVML sampler ran beside the worker: a timeline and the item's properties
+    (timeline,) = (base / "runs").glob("*/gpu-*.json")
+    assert json.loads(timeline.read_text())["t"]
+    xml = (project.path / "r.xml").read_text()
+    assert 'name="gpu_mean_util_pct"' in xml and 'name="gpu_peak_mem_gib"' in xml
     spec = json.loads(next((base / "runs").glob("*/spec.json")).read_text())
     assert spec["device"] == "cuda"
     (start,) = [r for r in map(json.loads, (base / "workers.jsonl").read_text().splitlines())
