@@ -40,6 +40,7 @@ class EvalJob:
     # (tp, pp) of the plan: a split model computes in another order (dp does not matter:
     # sharded scores are exact); set by the scheduler before the keys are read
     split: tuple[int, int] = (1, 1)
+    _names: set[str] = field(default_factory=set, repr=False)
 
     @property
     def name(self) -> str:
@@ -85,10 +86,18 @@ class EvalJob:
         return digest({"model": self.model_key, "entry": self.entry_identity(entry)})
 
     def add(self, entry: TaskEntry) -> None:
-        names = self.__dict__.setdefault("_names", {e.name for e in self.entries})
-        if entry.name not in names:  # a set: suites of 10k tasks must not go quadratic
-            names.add(entry.name)
+        if not self._names and self.entries:
+            self._names.update(e.name for e in self.entries)
+        if entry.name not in self._names:  # a set: suites of 10k tasks must not go quadratic
+            self._names.add(entry.name)
             self.entries.append(entry)
+
+    def set_split(self, tp: int, pp: int) -> None:
+        """Take the plan's (tp, pp); the keys derived from the old split are dropped."""
+        if (tp, pp) != self.split:
+            self.split = (tp, pp)
+            for cached in ("model_identity", "model_key", "job_id"):
+                self.__dict__.pop(cached, None)
 
 
 def _task_files(local: LocalTask, index: TaskIndex, workdir: Path,

@@ -53,16 +53,15 @@ def pytest_addoption(parser: pytest.Parser) -> None:
     group.addoption("--disteval-fake-gpus", dest="disteval_fake_gpus", metavar="SPEC",
                     help="Plan for a GPU inventory this host lacks, e.g. 8x80GiB or "
                          "8x80GiB:H100/4 (NVLink domains of 4)")
-    for name, text in (("gpus", "GPUs to use: a count, all, or 0"),
+    for name, text in (("dir", "Directory for the result store, results and logs"),
+                       ("cache", "Reuse stored results (true/false)"),
+                       ("timeout", "Wall-time limit of one job's worker"),
+                       ("gpus", "GPUs to use: a count, all, or 0"),
                        ("gpu_ids", "Explicit GPU indices, e.g. 0,1,2,3"),
                        ("tp", "Tensor parallel size, or auto"),
                        ("pp", "Pipeline parallel size"), ("dp", "Replicas per job"),
                        ("pack", "Replicas per group")):
         parser.addini(f"disteval_{name}", text, default="")
-    parser.addini("disteval_dir", "Directory for the result store, results and logs",
-                  default="")
-    parser.addini("disteval_cache", "Reuse stored results (true/false)", default="")
-    parser.addini("disteval_timeout", "Wall-time limit of one job's worker", default="")
 
 
 def pytest_configure(config: pytest.Config) -> None:

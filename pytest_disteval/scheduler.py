@@ -167,10 +167,7 @@ class JobScheduler:
         if plan_failure is not None:
             return JobOutcome(job, {}, set(), plan_failure, None, None)
         layout = self.plan(job).layout
-        if (layout.tp, layout.pp) != job.split:
-            job.split = (layout.tp, layout.pp)
-            job.__dict__.pop("model_identity", None)  # recomputed with the split
-            job.__dict__.pop("model_key", None)
+        job.set_split(layout.tp, layout.pp)
         keys = {e.name: job.entry_key(e) for e in job.entries}
         lock_path = self.settings.base_dir / "locks" / f"{job.model_key}.lock"
         lock_path.parent.mkdir(parents=True, exist_ok=True)

@@ -23,7 +23,7 @@ class DistevalSession:
         self.summary = SummaryTable()
 
     def pytest_collectreport(self, report: pytest.CollectReport) -> None:
-        if report.failed and isinstance(getattr(report, "disteval_suite", None), bool):
+        if report.failed and getattr(report, "disteval_suite", False):
             self.suite_errors += 1
 
     @pytest.hookimpl(hookwrapper=True)
@@ -85,10 +85,7 @@ class DistevalSession:
             report.longrepr = (str(item.path), item.loc.line, report.longrepr[2])
 
     def pytest_runtest_logreport(self, report: pytest.TestReport) -> None:
-        if report.skipped:
-            self.summary.add_skip(report)
-        else:
-            self.summary.add(report)
+        self.summary.add(report)
 
     def pytest_terminal_summary(self, terminalreporter: Any) -> None:
         if not self.summary.rows:
