@@ -121,11 +121,11 @@ class DistevalItem(pytest.Item):
         return super().repr_failure(excinfo)
 
     def outcome(self) -> JobOutcome:
+        self.user_properties.extend([("kind", self.kind), ("model", self.job.name),
+                                     ("backend", self.job.model.backend)])
         outcome = self.scheduler.outcome(self.job)
         if outcome.skip_reason and not outcome.entries:
             pytest.skip(outcome.skip_reason)
-        self.user_properties.append(("model", self.job.name))
-        self.user_properties.append(("backend", self.job.model.backend))
         wall = outcome.wall_s if outcome.wall_s is not None else outcome.recorded_wall_s
         if wall is not None:
             self.user_properties.append(("wall_time_s", round(wall, 3)))
@@ -164,10 +164,10 @@ class ThresholdItem(DistevalItem):
 
     def runtest(self) -> None:
         assert self.entry is not None
-        outcome = self.outcome()
         t = self.threshold
-        self.user_properties.extend([("kind", self.kind), ("task", self.entry.name),
-                                     ("metric", t.metric)])
+        # what the item is, before the job runs: a skipped item keeps it too
+        self.user_properties.extend([("task", self.entry.name), ("metric", t.metric)])
+        outcome = self.outcome()
         stored = outcome.entries.get(self.entry.name)
         if stored is None:
             raise self.job_failed(outcome, f"{self.entry.task} {t.written}")
@@ -198,8 +198,8 @@ class BudgetItem(DistevalItem):
         super().__init__(loc=budget.loc, metric=budget.kind, **kwargs)
 
     def runtest(self) -> None:
+        self.user_properties.append(("budget", self.budget.kind))
         outcome = self.outcome()
-        self.user_properties.extend([("kind", self.kind), ("budget", self.budget.kind)])
         if outcome.failure is not None:
             raise self.job_failed(outcome, f"budget {self.budget.kind}")
         measured = outcome.wall_s if outcome.wall_s is not None else outcome.recorded_wall_s

@@ -20,17 +20,10 @@ class SummaryTable:
     def add(self, report: pytest.TestReport) -> None:
         props = dict(report.user_properties)
         if "kind" not in props or report.when != "call":
-            return
+            return  # not a suite item, or its setup/teardown
         props["outcome"] = report.outcome
         props["nodeid"] = report.nodeid
         self.rows.append(props)
-
-    def add_skip(self, report: pytest.TestReport) -> None:
-        props = dict(report.user_properties)
-        if report.skipped and "model" in props and report.when == "call":
-            props.setdefault("kind", "budget")
-            props["outcome"] = "skipped"
-            self.rows.append(props)
 
     def render(self) -> list[str]:
         header = ("model", "task", "metric", "score ± stderr", "bound", "result", "n", "seconds")
