@@ -329,6 +329,8 @@ class JobScheduler:
         command = [*backend.launch(self.settings.python, layout), str(spec_path)]
         log_path = self.settings.logs_dir / f"{name}.log"
         env = worker_env(group_env)
+        for name, value in backend.env.items():
+            env.setdefault(name, value)
         replicas = len(plan.groups)
         if replicas > 1 and spec.get("mode") == "shard":
             # replicas share the host's cores (packed on a GPU, or on the CPU): without

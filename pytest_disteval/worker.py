@@ -16,8 +16,15 @@ The spec's ``mode`` picks what a run does (see sharding.py):
 - ``score``: no model is loaded; every request is answered from PATH and the
   entries are stored exactly as ``direct`` stores them.
 
-Exit codes: 0 done; 3 bad request (unknown task, missing backend), written to
-the spec's ``error_path`` as a message for the items; anything else a crash.
+Out of memory: where the backend's batch size is a number (hf), a run that runs
+out of GPU memory is retried in the same process at half the batch size, down to
+1, each retry logged and recorded in ``meta.json``; past that, or on a backend
+that sizes its own batches (vllm), the worker stops with a message that says
+what to change. It never waits on a wedged GPU.
+
+Exit codes: 0 done; 3 bad request (unknown task, missing backend, out of memory
+at the smallest batch), written to the spec's ``error_path`` as a message for the
+items; anything else a crash.
 """
 
 from __future__ import annotations
@@ -40,6 +47,65 @@ MODES = ("direct", "shard", "score")
 
 class BadRequest(Exception):
     """A problem the user fixes in the suite, not a crash."""
+
+
+def is_oom(exc: BaseException) -> bool:
+    """torch's OutOfMemoryError, or the RuntimeError older torch and some kernels raise."""
+    text = str(exc).lower()
+    return (type(exc).__name__ == "OutOfMemoryError"
+            or ("out of memory" in text and ("cuda" in text or "hip" in text)))
+
+
+def _real_lm(lm: Any) -> Any:
+    return getattr(lm, "lm", lm)  # a ShardLM wraps the backend's LM
+
+
+def _halve_batch(lm: Any, exc: BaseException, log: list[dict[str, Any]]) -> None:
+    """After an OOM: halve the backend's batch size for a retry, or raise BadRequest."""
+    real = _real_lm(lm)
+    size = getattr(real, "batch_size_per_gpu", None)  # lm-eval's HFLM; "auto" sizes itself
+    if type(size) is int and size > 1:
+        real.batch_size_per_gpu = size // 2
+        log.append({"from": size, "to": size // 2})
+        print(f"[disteval] out of memory at batch size {size}; retrying at {size // 2}",
+              flush=True)
+        try:
+            import torch
+
+            torch.cuda.empty_cache()  # the failed batch's blocks go back before the retry
+        except Exception:
+            pass
+        return
+    first = str(exc).splitlines()[0][:300] if str(exc) else type(exc).__name__
+    if type(size) is int:
+        what = ("out of GPU memory at batch size 1: one request does not fit beside the "
+                "model; use a larger tp (or pp), a smaller dtype, or a shorter max_length")
+    else:
+        what = ("out of GPU memory, and this backend sizes its own batches; lower "
+                "gpu_memory_utilization or max_model_len in model_args, or use a larger tp")
+    tried = ", ".join(str(r["to"]) for r in log)
+    raise BadRequest(f"{what} ({first})" + (f"; retried at batch size {tried}" if tried else ""))
+
+
+def _inject_oom(lm: Any) -> None:
+    """``DISTEVAL_FAULT=oom:N`` (or ``oom:always``) makes model calls of more than N rows
+    raise torch's OutOfMemoryError: how the retry is tested where no GPU can run out."""
+    fault = os.environ.get("DISTEVAL_FAULT", "")
+    if not fault.startswith("oom:"):
+        return
+    import torch
+
+    limit = 0 if fault == "oom:always" else int(fault.split(":", 1)[1])
+    real = _real_lm(lm)
+    model_call = real._model_call
+
+    def call(inps: Any, *args: Any, **kwargs: Any) -> Any:
+        if inps.shape[0] > limit:
+            raise torch.OutOfMemoryError(f"CUDA out of memory. Tried to allocate a batch of "
+                                         f"{inps.shape[0]} (injected by DISTEVAL_FAULT={fault})")
+        return model_call(inps, *args, **kwargs)
+
+    real._model_call = call
 
 
 def _check_tasks(task_manager: Any, tasks: list[str]) -> None:
@@ -138,9 +204,14 @@ def run(spec: dict[str, Any]) -> dict[str, Any]:
             lm = ReplayLM(store, spec["model_key"], multimodal=True)
     loaded = time.perf_counter()
     if mode != "score":
+        _inject_oom(lm)
+        if os.environ.get("DISTEVAL_FAULT") == "hang":
+            # a wedged worker with its model loaded: how the job timeout is tested on a GPU
+            print("[disteval] hanging (DISTEVAL_FAULT=hang)", flush=True)
+            time.sleep(10**6)
         print(f"[disteval] model loaded in {loaded - indexed:.1f}s", flush=True)
     timing: dict[str, Any] = {"import_s": imported - started, "task_index_s": indexed - imported,
-                              "load_s": loaded - indexed, "runs": []}
+                              "load_s": loaded - indexed, "runs": [], "oom_retries": []}
     try:
         for run_spec in spec["runs"]:
             settings = run_spec["settings"]
@@ -148,18 +219,26 @@ def run(spec: dict[str, Any]) -> dict[str, Any]:
             t0 = time.perf_counter()
             how = "" if mode == "direct" else f" ({mode} mode)"
             print(f"[disteval] evaluating {', '.join(tasks)} with {settings}{how}", flush=True)
-            results = lm_eval.simple_evaluate(
-                model=lm,
-                tasks=tasks,
-                num_fewshot=settings["num_fewshot"],
-                limit=settings["limit"],
-                fewshot_random_seed=settings["fewshot_seed"],
-                gen_kwargs=spec.get("gen_kwargs"),
-                task_manager=task_manager,
-                log_samples=False,
-                # a shard's metrics are discarded: skip their bootstrap stderr
-                **({"bootstrap_iters": 0} if mode == "shard" else {}),
-            )
+            while True:
+                try:
+                    results = lm_eval.simple_evaluate(
+                        model=lm,
+                        tasks=tasks,
+                        num_fewshot=settings["num_fewshot"],
+                        limit=settings["limit"],
+                        fewshot_random_seed=settings["fewshot_seed"],
+                        gen_kwargs=spec.get("gen_kwargs"),
+                        task_manager=task_manager,
+                        log_samples=False,
+                        # a shard's metrics are discarded: skip their bootstrap stderr
+                        **({"bootstrap_iters": 0} if mode == "shard" else {}),
+                    )
+                    break
+                except Exception as exc:
+                    if mode == "score" or not is_oom(exc):
+                        raise
+                    # the same model, a smaller batch; a shard keeps what it stored
+                    _halve_batch(lm, exc, timing["oom_retries"])
             seconds = time.perf_counter() - t0
             timing["runs"].append({"tasks": tasks, "eval_s": seconds})
             if shard_report is not None:

@@ -1,4 +1,4 @@
-"""What only a GPU can show: real NVML inventory and leases, the hf backend on CUDA.
+"""What only a GPU can show: NVML inventory and leases, hf and vllm on CUDA, OOM, hangs.
 
 Marked ``gpu``; skipped where NVML finds no GPU (CI has none).
 """
@@ -12,7 +12,7 @@ import pytest
 
 from pytest_disteval.gpus import LeaseManager, NoGPUError, NvmlInventory
 
-from conftest import Demo
+from conftest import ROOT, Demo
 from helpers import write_suite
 
 
@@ -67,3 +67,113 @@ def test_the_hf_backend_runs_on_a_gpu(project: pytest.Pytester, demo: Demo) -> N
     (start,) = [r for r in map(json.loads, (base / "workers.jsonl").read_text().splitlines())
                 if r["event"] == "start"]
     assert start["gpus"] == [_inventory().gpus()[0].index]  # type: ignore[union-attr]
+
+
+def test_a_real_cuda_oom_is_retried_at_smaller_batches(project: pytest.Pytester) -> None:
+    # a 32000-token vocabulary makes the logits the big allocation: 4,000 requests of
+    # ~400 tokens in one batch need ~200 GB of bf16 logits and log-probabilities
+    import sys
+
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    from realistic import make_model, make_tasks
+
+    model = make_model(project.path / "tiny-32k", "tiny", device="cpu")
+    make_tasks(project.path / "suites", docs=1000, gen_docs=0)
+    write_suite(project, "oom", f"""\
+        disteval: 1
+        include: [tasks]
+        models:
+          - name: tiny
+            backend: hf
+            model_args: {{pretrained: {model}, dtype: bfloat16}}
+            batch_size: 8192
+        tasks:
+          - task: bench_mc
+            thresholds: {{acc: 0.0}}
+        """)
+    result = project.runpytest("suites", "--gpus", "1", "--disteval-timeout", "8m")
+    result.assert_outcomes(passed=1)
+    base = project.path / ".disteval"
+    (meta,) = (base / "runs").glob("*/meta.json")
+    retries = json.loads(meta.read_text())["timing"]["oom_retries"]
+    assert retries and retries[0] == {"from": 8192, "to": 4096}
+
+
+def test_a_hung_gpu_worker_is_killed_and_its_gpu_freed(
+        project: pytest.Pytester, demo: Demo, monkeypatch: pytest.MonkeyPatch) -> None:
+    import pynvml
+
+    write_suite(project, "hang", f"""\
+        disteval: 1
+        include: [tasks]
+        models:
+          - name: good
+            backend: hf
+            model_args: {{pretrained: {demo.good}, dtype: float32}}
+            timeout: 25s
+        tasks:
+          - task: arith_mc
+            thresholds: {{acc: 0.9}}
+        """)
+    inv = _inventory()
+    assert inv is not None
+    gpu = inv.gpus()[0]
+    pynvml.nvmlInit()
+    handle = pynvml.nvmlDeviceGetHandleByIndex(gpu.index)
+
+    def on_gpu() -> set[int]:
+        return {p.pid for p in pynvml.nvmlDeviceGetComputeRunningProcesses(handle)}
+
+    before = on_gpu()
+    monkeypatch.setenv("DISTEVAL_FAULT", "hang")
+    result = project.runpytest("suites", "--gpu-ids", str(gpu.index))
+    result.assert_outcomes(failed=1)
+    result.stdout.fnmatch_lines(["*worker killed after the job timeout of 25s*"])
+    (log,) = (project.path / ".disteval" / "logs").glob("*.log")
+    assert "hanging (DISTEVAL_FAULT=hang)" in log.read_text()  # it hung with the model loaded
+    # killed as a process group: nothing of it holds the GPU, and the lease is free
+    assert on_gpu() <= before
+    assert LeaseManager().holder(gpu) is None
+
+
+def test_the_vllm_backend_matches_hf_and_starts_its_engine_once(
+        project: pytest.Pytester, demo: Demo) -> None:
+    pytest.importorskip("vllm")
+    models = ""
+    for name, backend, extra in (
+            ("hf", "hf", ""),
+            ("vllm", "vllm", ", gpu_memory_utilization: 0.3, enforce_eager: true")):
+        models += f"""\
+          - name: {name}
+            backend: {backend}
+            model_args: {{pretrained: {demo.good}, dtype: bfloat16{extra}}}
+            batch_size: {'auto' if backend == 'vllm' else 64}
+"""
+    write_suite(project, "vllm", f"""\
+        disteval: 1
+        include: [tasks]
+        models:
+{models}
+        tasks:
+          - task: arith_mc
+            thresholds: {{acc: 0.9}}
+          - task: arith_gen
+            num_fewshot: 3
+            thresholds: {{exact_match,strict-match: 0.9}}
+        """)
+    result = project.runpytest("suites", "--gpus", "1", "--disteval-timeout", "8m")
+    result.assert_outcomes(passed=4)
+    base = project.path / ".disteval"
+    scores = {}
+    for name in ("hf", "vllm"):
+        data = json.loads(next((base / "results").rglob(f"{name}.json")).read_text())
+        scores[name] = (data["results"]["arith_mc"]["acc,none"],
+                        data["results"]["arith_gen"]["exact_match,strict-match"])
+    # bf16 numerics differ between the two engines' kernels: a document or two may flip
+    assert abs(scores["hf"][0] - scores["vllm"][0]) <= 0.02, scores
+    assert abs(scores["hf"][1] - scores["vllm"][1]) <= 0.02, scores
+    (log,) = [p for p in (base / "logs").glob("vllm-*.log")]
+    text = log.read_text()
+    # one worker, one model load, one engine for the job's two settings groups
+    assert text.count("[disteval] model loaded in") == 1
+    assert text.count("[disteval] evaluating") == 2
