@@ -169,6 +169,10 @@ def run(spec: dict[str, Any]) -> dict[str, Any]:
     import lm_eval
     from lm_eval.tasks import TaskManager
 
+    from . import speedups
+
+    # a shard's results are discarded: it need not collect the environment at all
+    applied = speedups.apply(collect_env=mode != "shard")
     imported = time.perf_counter()
     # indexing lm-eval's ~14k built-in task YAMLs takes seconds: skip it when every
     # task of the job is local
@@ -177,8 +181,8 @@ def run(spec: dict[str, Any]) -> dict[str, Any]:
                                metadata=dict(spec["model_args"]))
     _check_tasks(task_manager, [e["task"] for r in spec["runs"] for e in r["entries"]])
     indexed = time.perf_counter()
-    print(f"[disteval] imports {imported - started:.1f}s, task index {indexed - imported:.1f}s",
-          flush=True)
+    print(f"[disteval] imports {imported - started:.1f}s, task index {indexed - imported:.1f}s"
+          f" (lm-eval speed-ups: {', '.join(applied) or 'none'})", flush=True)
     store = None
     shard_report: dict[str, Any] | None = None
     if mode == "direct":
@@ -203,6 +207,8 @@ def run(spec: dict[str, Any]) -> dict[str, Any]:
             # tasks pass lm-eval's check: the shards' real LM already passed it
             lm = ReplayLM(store, spec["model_key"], multimodal=True)
     loaded = time.perf_counter()
+    if mode == "direct":
+        speedups.start_env_probe()
     if mode != "score":
         _inject_oom(lm)
         if os.environ.get("DISTEVAL_FAULT") == "hang":
