@@ -284,6 +284,19 @@ class JobScheduler:
             runs[index] = self._replica(job, plan, group, env_of(group), shard_spec,
                                         run_dir / f"spec-shard{index}.json", name, timeout)
 
+        # the scoring worker starts now: its start-up (imports, task index) overlaps the
+        # shards'; it waits for `go` before it reads the store
+        go = run_dir / "score-go.json"
+        score_runs: list[WorkerRun] = []
+
+        def start_scorer() -> None:
+            score_runs.append(self._replica(
+                job, plan, [], {}, dict(spec, mode="score", responses=str(responses),
+                                        wait_for=str(go)),
+                run_dir / "spec-score.json", f"{job.name}-{job.job_id[:8]}-score", timeout))
+
+        scorer = threading.Thread(target=start_scorer, daemon=True)
+        scorer.start()
         try:
             threads = [threading.Thread(target=shard, args=(i, g, 0), daemon=True)
                        for i, g in enumerate(replica_groups)]
@@ -303,6 +316,13 @@ class JobScheduler:
             for lease in leases.values():
                 lease.release()
         failed = [i for i in sorted(runs) if runs[i].returncode != 0]
+        write_json_atomic(go, {"go": not failed, "why": f"shard {failed[0]} failed"
+                               if failed else ""})
+        try:
+            scorer.join()
+        except BaseException:
+            kill_all()
+            raise
         if failed:
             run = runs[failed[0]]
             failure = self._failure(job, run, run_dir / f"error-{failed[0]}.json", timeout)
@@ -310,10 +330,7 @@ class JobScheduler:
                 failure.message = (f"shard {failed[0]} of {len(plan.groups)} failed twice "
                                    f"(the retry ran on another group): {failure.message}")
             return run, failure
-        score = self._replica(job, plan, [], {}, dict(spec, mode="score",
-                                                      responses=str(responses)),
-                              run_dir / "spec-score.json", f"{job.name}-{job.job_id[:8]}-score",
-                              timeout)
+        (score,) = score_runs
         score.wall_s = time.perf_counter() - started
         return score, self._failure(job, score, run_dir / "error.json", timeout)
 

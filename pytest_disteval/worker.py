@@ -14,7 +14,9 @@ The spec's ``mode`` picks what a run does (see sharding.py):
   commit). Its metrics are discarded; no entry is stored. Writes
   ``shard-<i>.json`` (requests run, tokens, seconds) to the run dir.
 - ``score``: no model is loaded; every request is answered from PATH and the
-  entries are stored exactly as ``direct`` stores them.
+  entries are stored exactly as ``direct`` stores them. With ``wait_for``: a
+  path the scheduler writes when the shards are done; the worker starts beside
+  them (imports, task index) and waits for it before it scores.
 
 Out of memory: where the backend's batch size is a number (hf), a run that runs
 out of GPU memory is retried in the same process at half the batch size, down to
@@ -158,6 +160,20 @@ def _injected_fault(index: int, run_dir: Path) -> None:
         raise RuntimeError(f"fault injected by DISTEVAL_FAULT={fault}")
 
 
+def _wait_for_shards(go: Path) -> None:
+    """A scoring worker started beside the shards (its start-up overlaps theirs) waits here.
+
+    The scheduler writes ``go`` with ``{"go": true}`` once every shard succeeded, or
+    ``{"go": false, "why": ...}`` when one failed for good.
+    """
+    print("[disteval] scoring worker ready; waiting for the shards", flush=True)
+    while not go.exists():
+        time.sleep(0.1)
+    signal = json.loads(go.read_text(encoding="utf-8"))
+    if not signal.get("go"):
+        raise BadRequest(f"not scored: {signal.get('why', 'a shard failed')}")
+
+
 def _run_dir(spec: dict[str, Any]) -> Path:
     return Path(spec.get("run_dir") or Path(spec["meta_path"]).parent)
 
@@ -206,6 +222,9 @@ def run(spec: dict[str, Any]) -> dict[str, Any]:
             # the model is not needed: every answer comes from the store. Multimodal
             # tasks pass lm-eval's check: the shards' real LM already passed it
             lm = ReplayLM(store, spec["model_key"], multimodal=True)
+            if spec.get("wait_for"):
+                speedups.start_env_probe()
+                _wait_for_shards(Path(spec["wait_for"]))
     loaded = time.perf_counter()
     if mode == "direct":
         speedups.start_env_probe()
