@@ -70,15 +70,16 @@ def test_the_hf_backend_runs_on_a_gpu(project: pytest.Pytester, demo: Demo) -> N
 
 
 def test_a_real_cuda_oom_is_retried_at_smaller_batches(project: pytest.Pytester) -> None:
-    # a 32000-token vocabulary makes the logits the big allocation: 4,000 requests of
-    # ~400 tokens in one batch need ~200 GB of bf16 logits and log-probabilities
+    # a 32000-token vocabulary makes the logits the big allocation: lm-eval runs the
+    # 4 choices of a document as one row, so 1,000 rows of ~1,500 tokens in one batch
+    # need ~190 GB of bf16 logits and log-probabilities, more than any GPU has
     import sys
 
     sys.path.insert(0, str(ROOT / "benchmarks"))
     from realistic import make_model, make_tasks
 
     model = make_model(project.path / "tiny-32k", "tiny", device="cpu")
-    make_tasks(project.path / "suites", docs=1000, gen_docs=0)
+    make_tasks(project.path / "suites", docs=1000, gen_docs=0, context_chars=1500)
     write_suite(project, "oom", f"""\
         disteval: 1
         include: [tasks]
