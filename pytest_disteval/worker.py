@@ -168,8 +168,11 @@ def run(spec: dict[str, Any]) -> dict[str, Any]:
             seconds = time.perf_counter() - t0
             timing["runs"].append({"tasks": tasks, "eval_s": seconds})
             if real_lm is not None and results is not None:
+                counted = time.perf_counter()
                 timing["tasks"].update(_task_counts(counter, real_lm, run_spec["entries"],
                                                     results, seconds))
+                # counting tokens is outside eval_s; its own cost is kept to be seen
+                timing["runs"][-1]["count_s"] = time.perf_counter() - counted
             if shard_report is not None:
                 _record_shard_run(shard_report, lm, tasks, settings, seconds, started)
                 write_json_atomic(_run_dir(spec) / f"shard-{spec['shard']['index']}.json",
