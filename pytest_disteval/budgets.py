@@ -122,7 +122,10 @@ def property_value(kind: str, value: float) -> float:
 def measure(kind: str, record: dict[str, Any] | None, entry: str | None = None) -> float:
     """The figure ``kind`` is judged on, from a job record; Unmeasured says why there is none."""
     if record is None:
-        raise Unmeasured("no measurements were recorded for this job")
+        # budget items see no record only when every entry came from the store
+        raise Unmeasured("the results came from the store, and no measurements were recorded "
+                         "for this set of tasks; run with --disteval-no-cache to measure the "
+                         "whole job")
     spec = KINDS[kind]
     if spec.per_task:
         task = (record.get("tasks") or {}).get(entry)
