@@ -41,10 +41,9 @@ class SummaryTable:
                 task = str(row.get("task", ""))
                 seconds = row.get("eval_s")
             else:
-                measured = row.get("measured")
-                value = f"{measured:.1f}s" if isinstance(measured, float) else "-"
+                value = _measured(row.get("measured"), str(row.get("unit", "s")))
                 metric = str(row.get("budget", ""))
-                task = "(budget)"
+                task = str(row.get("task") or "(budget)")  # task_time: the entry's name
                 seconds = row.get("wall_time_s")
             result = {"passed": "PASS", "failed": "FAIL", "skipped": "SKIP"}[row["outcome"]]
             timing = f"{seconds:.1f}" if isinstance(seconds, float | int) else "-"
@@ -60,3 +59,14 @@ class SummaryTable:
             return "  ".join(c.ljust(w) for c, w in zip(cells, widths, strict=True)).rstrip()
 
         return [line(header), line(tuple("-" * w for w in widths)), *map(line, table)]
+
+
+def _measured(value: Any, unit: str) -> str:
+    """A budget's measured figure in its unit (the ``unit`` property): 12.8s, 1.2 GiB, 35%."""
+    if not isinstance(value, float | int) or isinstance(value, bool):
+        return "-"
+    if unit == "s":
+        return f"{value:.1f}s"
+    if unit == "%":
+        return f"{value:.1f}%"
+    return f"{value:.4g} {unit}"

@@ -21,6 +21,8 @@ from pathlib import Path
 from typing import Any
 
 from . import yamlpos
+from .budgets import KINDS as BUDGET_SPECS
+from .budgets import parse_limit
 from .localtasks import LocalTask, TaskIndex
 from .units import parse_duration
 
@@ -28,7 +30,6 @@ FORMAT_VERSION = 1
 BACKENDS = ("hf", "vllm", "sglang", "nemo_lm")
 # the model_args key naming the weights, as lm-eval's model classes take it
 MODEL_KEY = {"hf": "pretrained", "vllm": "pretrained", "sglang": "pretrained", "nemo_lm": "path"}
-BUDGET_KINDS = ("wall_time",)
 SCHEMA_PATH = Path(__file__).with_name("suite.schema.json")
 
 _SUITE_MARKER = re.compile(r"^disteval[ \t]*:", re.M)
@@ -97,8 +98,8 @@ class Threshold:
 
 @dataclass(frozen=True)
 class Budget:
-    kind: str
-    limit: float  # seconds for wall_time
+    kind: str  # a key of budgets.KINDS
+    limit: float  # seconds, per second, bytes or percent (budgets.KINDS[kind].unit)
     written: str
     loc: Loc
 
@@ -114,6 +115,7 @@ class TaskEntry:
     marks: list[str]
     loc: Loc
     local: LocalTask | None = None
+    budgets: list[Budget] = field(default_factory=list)  # the entry's own (task_time)
 
     def settings(self) -> dict[str, Any]:
         """What lm-eval must be told, besides the task, to reproduce this entry's score."""
@@ -388,19 +390,7 @@ def _model(raw: yamlpos.PosDict, where: str, suite_dir: Path,
             timeout = parse_duration(raw["timeout"])
         except ValueError as exc:
             problems.add(raw.line_of("timeout"), f"{where}.timeout", str(exc))
-    budgets: list[Budget] = []
-    raw_budgets = _optional_mapping(raw, "budgets", where, "{wall_time: 10m}", problems)
-    if raw_budgets is not None:
-        problems.unknown_keys(raw_budgets, BUDGET_KINDS, f"{where}.budgets.")
-        for kind in BUDGET_KINDS:
-            if kind in raw_budgets:
-                try:
-                    limit = parse_duration(raw_budgets[kind])
-                except ValueError as exc:
-                    problems.add(raw_budgets.line_of(kind), f"{where}.budgets.{kind}", str(exc))
-                    continue
-                budgets.append(Budget(kind, limit, str(raw_budgets[kind]),
-                                      Loc(problems.path, raw_budgets.line_of(kind))))
+    budgets = _budgets(raw, where, "budgets", problems, "{wall_time: 10m}")
     marks = _marks(raw, "marks", f"{where}.", problems)
     layout: dict[str, Any] = {}
     for key in ("tp", "pp", "dp"):
@@ -420,6 +410,28 @@ def _model(raw: yamlpos.PosDict, where: str, suite_dir: Path,
                      dict(gen_kwargs) if gen_kwargs else None, [], budgets, marks, timeout,
                      Loc(problems.path, raw.line), layout.get("tp"), layout.get("pp"),
                      layout.get("dp"), required)
+
+
+def _budgets(raw: yamlpos.PosDict, where: str, definition: str, problems: _Problems,
+             example: str) -> list[Budget]:
+    """The ``budgets`` mapping of a model (every kind) or a task entry (``task_budgets``)."""
+    raw_budgets = _optional_mapping(raw, "budgets", where, example, problems)
+    if raw_budgets is None:
+        return []
+    kinds = _keys(definition)
+    problems.unknown_keys(raw_budgets, kinds, f"{where}.budgets.")
+    budgets = []
+    for kind in kinds:
+        if kind in raw_budgets:
+            try:
+                limit = parse_limit(kind, raw_budgets[kind])
+            except ValueError as exc:
+                problems.add(raw_budgets.line_of(kind), f"{where}.budgets.{kind}",
+                             f"{exc} ({kind} takes {BUDGET_SPECS[kind].forms})")
+                continue
+            budgets.append(Budget(kind, limit, str(raw_budgets[kind]),
+                                  Loc(problems.path, raw_budgets.line_of(kind))))
+    return budgets
 
 
 def _int_setting(raw: dict[str, Any], defaults: dict[str, Any], key: str, where: str,
@@ -478,11 +490,13 @@ def _task(raw: Any, where: str, line: int, defaults: yamlpos.PosDict, index: Tas
             if t is not None:
                 thresholds.append(t)
     marks = _marks(raw, "marks", f"{where}.", problems)
-    if require_thresholds and not thresholds and raw.get("thresholds") is None:
+    budgets = _budgets(raw, where, "task_budgets", problems, "{task_time: 2m}")
+    if require_thresholds and not thresholds and raw.get("thresholds") is None \
+            and not budgets:
         problems.add(raw.line, where, f"task entry {name!r} has no thresholds: nothing would "
                      "be tested; add e.g. thresholds: {acc: 0.5}")
     return TaskEntry(name, task, num_fewshot, limit, 1234 if seed is None else seed,
-                     thresholds, marks, Loc(shown, raw.line), local)
+                     thresholds, marks, Loc(shown, raw.line), local, budgets)
 
 
 def _check_data_files(local: LocalTask, raw: yamlpos.PosDict, where: str,

@@ -41,6 +41,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
+from .counting import RequestCounter, host_peak_rss_bytes, leaf_map
 from .store import slice_task, write_json_atomic
 
 EXIT_BAD_REQUEST = 3
@@ -201,8 +202,10 @@ def run(spec: dict[str, Any]) -> dict[str, Any]:
           f" (lm-eval speed-ups: {', '.join(applied) or 'none'})", flush=True)
     store = None
     shard_report: dict[str, Any] | None = None
+    counter = RequestCounter()  # requests, tokens and seconds of the model, per task
+    real_lm: Any = None
     if mode == "direct":
-        lm = _load_model(spec)
+        lm = real_lm = counter.install(_load_model(spec))
     else:
         from .sharding import DEFAULT_CHUNK_SIZE, ReplayLM, ResponseStore, ShardLM
 
@@ -210,7 +213,8 @@ def run(spec: dict[str, Any]) -> dict[str, Any]:
         if mode == "shard":
             index, count = spec["shard"]["index"], spec["shard"]["count"]
             _injected_fault(index, _run_dir(spec))
-            lm = ShardLM(_load_model(spec), store, spec["model_key"], index, count,
+            real_lm = counter.install(_load_model(spec))
+            lm = ShardLM(real_lm, store, spec["model_key"], index, count,
                          chunk_size=int(spec.get("chunk_size") or DEFAULT_CHUNK_SIZE),
                          log=lambda message: print(message, flush=True))
             shard_report = {"shard": {"index": index, "count": count},
@@ -236,7 +240,8 @@ def run(spec: dict[str, Any]) -> dict[str, Any]:
             time.sleep(10**6)
         print(f"[disteval] model loaded in {loaded - indexed:.1f}s", flush=True)
     timing: dict[str, Any] = {"import_s": imported - started, "task_index_s": indexed - imported,
-                              "load_s": loaded - indexed, "runs": [], "oom_retries": []}
+                              "load_s": loaded - indexed,
+                              "runs": [], "tasks": {}, "oom_retries": []}
     try:
         for run_spec in spec["runs"]:
             settings = run_spec["settings"]
@@ -266,6 +271,12 @@ def run(spec: dict[str, Any]) -> dict[str, Any]:
                     _halve_batch(lm, exc, timing["oom_retries"])
             seconds = time.perf_counter() - t0
             timing["runs"].append({"tasks": tasks, "eval_s": seconds})
+            if real_lm is not None and results is not None:
+                counted = time.perf_counter()
+                timing["tasks"].update(_task_counts(counter, real_lm, run_spec["entries"],
+                                                    results, seconds))
+                # counting tokens is outside eval_s; its own cost is kept to be seen
+                timing["runs"][-1]["count_s"] = time.perf_counter() - counted
             if shard_report is not None:
                 _record_shard_run(shard_report, lm, tasks, settings, seconds, started)
                 write_json_atomic(_run_dir(spec) / f"shard-{spec['shard']['index']}.json",
@@ -293,6 +304,7 @@ def run(spec: dict[str, Any]) -> dict[str, Any]:
         if store is not None:
             store.close()
     timing["total_s"] = time.perf_counter() - started
+    timing["host_peak_rss_bytes"] = host_peak_rss_bytes()
     if shard_report is not None:
         shard_report["complete"] = True
         shard_report["total_s"] = timing["total_s"]
@@ -301,6 +313,29 @@ def run(spec: dict[str, Any]) -> dict[str, Any]:
         timing["shard"] = {k: shard_report[k] for k in ("shard", "requests_executed",
                                                          "tokens", "seconds")}
     return timing
+
+
+def _task_counts(counter: RequestCounter, lm: Any, entries: list[dict[str, Any]],
+                 results: dict[str, Any], seconds: float) -> dict[str, dict[str, Any]]:
+    """Each entry's requests, tokens and seconds in this ``simple_evaluate`` call.
+
+    An entry alone in its call gets the call's seconds; entries sharing a call get
+    their model time plus a request share of the rest (building requests, scoring).
+    """
+    names = [(str(e.get("name") or e["task"]), str(e["task"])) for e in entries]
+    counts = counter.take(lm, leaf_map(names, results.get("group_subtasks") or {}))
+    total_requests = sum(c.requests for c in counts.values()) or 1
+    rest = max(seconds - sum(c.model_s for c in counts.values()), 0.0)
+    out = {}
+    for name, _task in names:
+        c = counts.get(name)
+        if len(names) == 1:
+            eval_s = seconds
+        else:
+            eval_s = (c.model_s + rest * c.requests / total_requests) if c else 0.0
+        out[name] = {"eval_s": eval_s, "requests": c.requests if c else 0,
+                     "tokens": c.tokens if c else 0}
+    return out
 
 
 def _record_shard_run(report: dict[str, Any], lm: Any, tasks: list[str],

@@ -178,3 +178,44 @@ def test_the_vllm_backend_matches_hf_and_starts_its_engine_once(
     # one worker, one model load, one engine for the job's two settings groups
     assert text.count("[disteval] model loaded in") == 1
     assert text.count("[disteval] evaluating") == 2
+
+
+def test_nvml_budgets_on_a_real_gpu(project: pytest.Pytester, demo: Demo) -> None:
+    """gpu_memory, group_gpu_memory and gpu_util judged on the NVML sampler's timeline."""
+    write_suite(project, "gpu-budgets", f"""\
+        disteval: 1
+        include: [tasks]
+        models:
+          - name: good
+            backend: hf
+            model_args: {{pretrained: {demo.good}, dtype: float32}}
+            batch_size: 64
+            budgets:
+              gpu_memory: 100GiB
+              group_gpu_memory: 1MiB
+              gpu_util: 100%
+              tokens_per_s: 1/s
+        tasks:
+          - task: arith_mc
+            thresholds: {{acc: 0.9}}
+        """)
+    result = project.runpytest("suites", "--gpus", "1", "--junitxml=r.xml", "-rs")
+    # 1MiB cannot hold a CUDA context, and the GPU idles while the model loads
+    result.assert_outcomes(passed=3, failed=2)
+    result.stdout.fnmatch_lines(["group_gpu_memory = * GiB, required <= 1 MiB, over by *"])
+    result.stdout.fnmatch_lines(["gpu_util = *%, required >= 100.0%, short by *%",
+                                 "mean utilisation per GPU: GPU *"])
+    base = project.path / ".disteval"
+    record = json.loads((base / "results" / "suites" / "gpu-budgets" / "good.json")
+                        .read_text())["config"]["disteval"]["job"]
+    gpu = _inventory().gpus()[0]  # type: ignore[union-attr]
+    assert record["device"] == "cuda" and record["groups"] == [[gpu.index]]
+    assert record["gpus"][0]["uuid"] == gpu.uuid
+    assert record["gpus"][0]["memory_total_bytes"] == gpu.total_memory
+    figures = record["gpu"]["per_device"][str(gpu.index)]
+    assert 2**20 < figures["peak_mem_bytes"] <= gpu.total_memory
+    assert record["gpu"]["group_peak_mem_bytes"] == figures["peak_mem_bytes"]  # one GPU
+    assert 0 <= figures["mean_util_pct"] <= 100 and record["gpu"]["imbalance"] is None
+    (timeline,) = record["gpu"]["timelines"]
+    assert json.loads(open(timeline).read())["t"]
+    assert record["tokens"] > record["requests"] > 0
