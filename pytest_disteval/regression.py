@@ -100,7 +100,9 @@ def compare(baseline: Score, now: Score, *, alpha: float, tolerance: Tolerance =
                               now.stderr or 0.0, higher_is_better=hib)
         how = "z-test on the two scores and their stderrs"
     nan = math.isnan(now.value)
-    regressed = nan or (worse > allowed and result.p_value < alpha)
+    # beyond the tolerance by more than float rounding: 0.80 - 0.79 is 0.010000000000000009
+    beyond = worse - allowed > 1e-9
+    regressed = nan or (beyond and result.p_value < alpha)
     delta = now.value - baseline.value
     word = "higher" if hib else "lower"
     lines = [
@@ -116,7 +118,7 @@ def compare(baseline: Score, now: Score, *, alpha: float, tolerance: Tolerance =
         lines.insert(0, f"regressed by {worse:.4f}, beyond noise")
     elif worse > 0:
         lines.insert(0, f"worse by {worse:.4f}, "
-                        + ("within the tolerance" if worse <= allowed else "within noise"))
+                        + ("within noise" if beyond else "within the tolerance"))
     if pairing is not None:
         lines.append(f"documents flipped: {pairing.n_worse} better->worse, "
                      f"{pairing.n_better} worse->better")
