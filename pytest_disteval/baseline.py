@@ -32,6 +32,8 @@ import pytest
 from . import __version__
 from .fingerprint import package_version
 from .gates import MissingMetric, Score, read_score
+from .gpus import NoGPUError
+from .layout import LayoutError
 from .samples import read_samples
 from .settings import Settings
 from .store import write_json_atomic
@@ -112,8 +114,8 @@ def hardware_of(item: DistevalItem) -> tuple[str, dict[str, int]]:
     try:
         plan = scheduler.plan(item.job)
         source = scheduler.inventory_source()
-    except Exception:  # noqa: BLE001 - a plan that failed has no entries to record anyway
-        return "unknown", {}
+    except (LayoutError, NoGPUError, ValueError):
+        return "unknown", {}  # a job that cannot be planned has no entries to record anyway
     layout = {"tp": plan.layout.tp, "pp": plan.layout.pp, "dp": plan.layout.dp}
     gpus = {g.uuid: g.name for group in plan.groups for g in group}
     if not gpus:

@@ -191,6 +191,11 @@ def pair(baseline: dict[str, Any], new: dict[str, Any], metric: str, *,
     if b_values is None or n_values is None:
         side = "the baseline" if b_values is None else "this run"
         return f"{side} has no per-document values of {metric!r}"
+    for side, data, values in (("the baseline", baseline, b_values), ("this run", new, n_values)):
+        ids, hashes = data.get("doc_id"), data.get("doc_hash")
+        if not (isinstance(ids, list) and isinstance(hashes, list) and isinstance(values, list)
+                and len(ids) == len(hashes) == len(values)):
+            return f"the per-document results of {side} are malformed (arrays of unequal length)"
     b_docs = list(zip(baseline["doc_id"], baseline["doc_hash"], strict=True))
     n_docs = list(zip(new["doc_id"], new["doc_hash"], strict=True))
     b_index = {doc: i for i, doc in enumerate(b_docs)}
@@ -207,7 +212,10 @@ def pair(baseline: dict[str, Any], new: dict[str, Any], metric: str, *,
     binary = True
     for j, doc in enumerate(n_docs):
         i = b_index[doc]
-        b, x = float(b_values[i]), float(n_values[j])
+        try:
+            b, x = float(b_values[i]), float(n_values[j])
+        except (TypeError, ValueError):
+            return f"per-document values of {metric!r} are not all numbers"
         if math.isnan(b) or math.isnan(x):
             return f"per-document values of {metric!r} include NaN"
         b_out.append(b)

@@ -290,3 +290,12 @@ def test_paired_t_edge_cases() -> None:
     assert stats.paired_t([1.0, 1.0], [1.0, 1.0]).p_value == 1.0
     with pytest.raises(ValueError, match="differ in length"):
         stats.paired_t([1.0], [1.0, 2.0])
+
+
+def test_malformed_per_document_results_fall_back_to_the_z_test() -> None:
+    broken = samples([1.0] * 200)
+    broken["doc_hash"] = broken["doc_hash"][:10]  # a hand-edited or truncated baseline
+    result = compare(score(0.8, binary_se(0.8)), score(0.7, binary_se(0.7)), alpha=0.05,
+                     baseline_samples=broken, samples=samples([1.0] * 200))
+    assert result.test == "z" and not result.passed
+    assert any("of the baseline are malformed" in line for line in result.lines)
