@@ -96,6 +96,9 @@ class TaskNode(pytest.Collector):
                                            None)
             if budget is not None:
                 yield BudgetItem.from_parent(self, name=kind, budget=budget)
+        from .regression import regression_items  # that module imports this one
+
+        yield from regression_items(self)
 
 
 class DistevalItem(pytest.Item):
@@ -137,6 +140,9 @@ class DistevalItem(pytest.Item):
         self.user_properties.extend([("kind", self.kind), ("model", self.job.name),
                                      ("backend", self.job.model.backend)])
         outcome = self.scheduler.outcome(self.job)
+        recorder = self.config.pluginmanager.get_plugin("disteval-baseline")
+        if recorder is not None:
+            recorder.record(self, outcome)  # --disteval-save-baseline keeps what the job gave
         if outcome.skip_reason and not outcome.entries:
             pytest.skip(outcome.skip_reason)
         wall = outcome.wall_s if outcome.wall_s is not None else outcome.recorded_wall_s

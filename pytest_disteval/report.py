@@ -29,6 +29,15 @@ class SummaryTable:
         header = ("model", "task", "metric", "score ± stderr", "bound", "result", "n", "seconds")
         table: list[tuple[str, ...]] = []
         for row in self.rows:
+            if row["kind"] == "regression":
+                # the baseline in the bound column: what the score was compared with, and how
+                task, metric, value, bound, seconds = _regression_cells(row)
+                table.append((str(row.get("model", "")), task, metric, value, bound,
+                              {"passed": "PASS", "failed": "FAIL", "skipped": "SKIP"}
+                              [row["outcome"]], str(row.get("n_samples", "") or "-"),
+                              (f"{seconds:.1f}" if isinstance(seconds, float | int) else "-")
+                              + (" (cached)" if row.get("cached") is True else "")))
+                continue
             if row["kind"] == "threshold":
                 score = row.get("score")
                 stderr = row.get("stderr")
@@ -70,3 +79,17 @@ def _measured(value: Any, unit: str) -> str:
     if unit == "%":
         return f"{value:.1f}%"
     return f"{value:.4g} {unit}"
+def _regression_cells(row: dict[str, Any]) -> tuple[str, str, str, str, Any]:
+    def pm(score: Any, stderr: Any) -> str:
+        if not isinstance(score, float | int):
+            return "-"
+        return f"{score:.4f} ± " + (f"{stderr:.4f}" if isinstance(stderr, float | int) else "N/A")
+
+    metric = str(row.get("metric", "")).removesuffix(",none") + " [regression]"
+    bound = "-"
+    if "baseline_score" in row:
+        bound = f"baseline {pm(row['baseline_score'], row.get('baseline_stderr'))}"
+        if isinstance(row.get("p_value"), float | int):
+            bound += f", {row.get('test')} p={row['p_value']:.2g}"
+    return (str(row.get("task", "")), metric, pm(row.get("score"), row.get("stderr")), bound,
+            row.get("eval_s"))

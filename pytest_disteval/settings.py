@@ -5,10 +5,12 @@ Every validator says where a bad value came from, and raises pytest.UsageError.
 
 from __future__ import annotations
 
+import math
 import os
 import sys
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -28,6 +30,10 @@ class Settings:
     gpu: GpuOptions = GpuOptions()
     plan_only: bool = False  # --disteval-plan: print the plan, run nothing
     is_xdist_worker: bool = False
+    # baselines (baseline.py): compare with one, save one, the tests' significance level
+    baseline: Path | None = None
+    save_baseline: Path | None = None
+    alpha: float = 0.05
 
     @property
     def store_dir(self) -> Path:
@@ -104,7 +110,31 @@ def resolve(config: pytest.Config) -> Settings:
         gpu=_gpu_options(config),
         plan_only=bool(config.getoption("disteval_plan")),
         is_xdist_worker=hasattr(config, "workerinput"),
+        **_baseline_options(config),
     )
+
+
+def _baseline_options(config: pytest.Config) -> dict[str, Any]:
+    values: dict[str, Any] = {}
+    for name in ("baseline", "save_baseline"):
+        value, _ = _pick(config, f"disteval_{name}", f"disteval_{name}",
+                         f"DISTEVAL_{name.upper()}")
+        if value:
+            path = Path(str(value)).expanduser()
+            # relative to where pytest was started, as a shell user means it
+            values[name] = path if path.is_absolute() else Path(config.invocation_params.dir,
+                                                                  path)
+    alpha, where = _pick(config, "disteval_alpha", "disteval_alpha", "DISTEVAL_ALPHA")
+    if alpha is not None:
+        try:
+            number = float(str(alpha))
+        except ValueError:
+            number = math.nan
+        if not 0.0 < number < 1.0:
+            raise pytest.UsageError(f"{where}: {alpha!r} is not valid: a significance level "
+                                    "between 0 and 1, e.g. 0.05")
+        values["alpha"] = number
+    return values
 
 
 def _positive(value: object, where: str, *, allow_zero: bool = False,

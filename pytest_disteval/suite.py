@@ -97,6 +97,19 @@ class Threshold:
 
 
 @dataclass(frozen=True)
+class Tolerance:
+    """A change toward worse that never fails a regression item (``regression:`` keys)."""
+
+    abs: float = 0.0  # in the metric's units
+    rel: float = 0.0  # a fraction of the baseline's score
+    loc: Loc | None = None  # where it was written; None: nowhere (no tolerance)
+
+    def allowed(self, baseline: float) -> float:
+        # either one suffices: the more lenient of the two
+        return max(self.abs, self.rel * abs(baseline))
+
+
+@dataclass(frozen=True)
 class Budget:
     kind: str  # a key of budgets.KINDS
     limit: float  # seconds, per second, bytes or percent (budgets.KINDS[kind].unit)
@@ -116,6 +129,10 @@ class TaskEntry:
     loc: Loc
     local: LocalTask | None = None
     budgets: list[Budget] = field(default_factory=list)  # the entry's own (task_time)
+    # metric -> tolerance of its regression item, besides the thresholds' metrics;
+    # None: ``regression: false``, no regression items for this entry
+    regression: dict[str, Tolerance] | None = field(default_factory=dict)
+    regression_default: Tolerance = Tolerance()
 
     def settings(self) -> dict[str, Any]:
         """What lm-eval must be told, besides the task, to reproduce this entry's score."""
@@ -164,7 +181,8 @@ class _Problems:
         self.items: list[tuple[int, str, str]] = []
 
     def add(self, line: int, key: str, message: str) -> None:
-        self.items.append((line, key, message))
+        if (line, key, message) not in self.items:  # defaults are read once per entry
+            self.items.append((line, key, message))
 
     def unknown_keys(self, mapping: yamlpos.PosDict, allowed: tuple[str, ...], where: str) -> None:
         for key in mapping:
@@ -491,12 +509,70 @@ def _task(raw: Any, where: str, line: int, defaults: yamlpos.PosDict, index: Tas
                 thresholds.append(t)
     marks = _marks(raw, "marks", f"{where}.", problems)
     budgets = _budgets(raw, where, "task_budgets", problems, "{task_time: 2m}")
+    default_tolerance = _tolerance(defaults.get("regression"), "defaults.regression",
+                                   getattr(defaults, "key_lines", {}).get("regression", raw.line),
+                                   shown, problems)
+    regression = _regression(raw, where, local.metric_keys() if local is not None else None,
+                             shown, problems)
     if require_thresholds and not thresholds and raw.get("thresholds") is None \
             and not budgets:
         problems.add(raw.line, where, f"task entry {name!r} has no thresholds: nothing would "
                      "be tested; add e.g. thresholds: {acc: 0.5}")
     return TaskEntry(name, task, num_fewshot, limit, 1234 if seed is None else seed,
-                     thresholds, marks, Loc(shown, raw.line), local, budgets)
+                     thresholds, marks, Loc(shown, raw.line), local, budgets, regression,
+                     default_tolerance)
+
+
+def _tolerance(spec: Any, where: str, line: int, shown: Path,
+               problems: _Problems) -> Tolerance:
+    """``{abs: 0.01, rel: 0.02}`` (either or both, or nothing) -> Tolerance."""
+    if spec is None:
+        return Tolerance()
+    if not isinstance(spec, yamlpos.PosDict):
+        problems.add(line, where, f"{spec!r} is not a tolerance: write a mapping such as "
+                     "{abs: 0.01} (an allowed drop in the metric's units) and/or {rel: 0.02} "
+                     "(a fraction of the baseline score), or nothing for none")
+        return Tolerance()
+    problems.unknown_keys(spec, _keys("tolerance"), f"{where}.")
+    values = {}
+    for key in ("abs", "rel"):
+        v = spec.get(key, 0.0)
+        if isinstance(v, bool) or not isinstance(v, int | float) or math.isnan(v) or v < 0:
+            problems.add(spec.line_of(key), f"{where}.{key}",
+                         f"{v!r} is not valid: a number >= 0")
+            v = 0.0
+        values[key] = float(v)
+    return Tolerance(values["abs"], values["rel"], Loc(shown, line))
+
+
+def _regression(raw: yamlpos.PosDict, where: str, known: dict[str, bool] | None, shown: Path,
+                problems: _Problems) -> dict[str, Tolerance] | None:
+    """A task entry's ``regression:``: false, or metric -> tolerance (or nothing)."""
+    spec = raw.get("regression")
+    if spec is False:
+        return None
+    if spec is None or spec is True:
+        return {}
+    if not isinstance(spec, yamlpos.PosDict):
+        problems.add(raw.line_of("regression"), f"{where}.regression",
+                     "must be false or a mapping metric -> tolerance, e.g. "
+                     "{acc: {abs: 0.01}, acc_norm: {rel: 0.02}, exact_match: {}}")
+        return {}
+    out: dict[str, Tolerance] = {}
+    for metric, tol in spec.items():
+        key = str(metric) if "," in str(metric) else f"{metric},none"
+        line = spec.line_of(metric)
+        if known is not None and key not in known:
+            written = sorted(k[:-5] if k.endswith(",none") else k for k in known)
+            hint = difflib.get_close_matches(str(metric), written, n=1)
+            did = f" (did you mean {hint[0]!r}?)" if hint else ""
+            problems.add(line, f"{where}.regression.{metric}",
+                         f"the task does not produce metric {metric!r}{did}; "
+                         f"it produces: {', '.join(written) or 'none'}")
+            continue
+        tolerance = _tolerance(tol, f"{where}.regression.{metric}", line, shown, problems)
+        out[key] = tolerance if tolerance.loc is not None else Tolerance(loc=Loc(shown, line))
+    return out
 
 
 def _check_data_files(local: LocalTask, raw: yamlpos.PosDict, where: str,

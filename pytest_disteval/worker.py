@@ -259,7 +259,9 @@ def run(spec: dict[str, Any]) -> dict[str, Any]:
                         fewshot_random_seed=settings["fewshot_seed"],
                         gen_kwargs=spec.get("gen_kwargs"),
                         task_manager=task_manager,
-                        log_samples=False,
+                        # per-document results for paired regression tests (samples.py);
+                        # a shard's are discarded like its metrics
+                        log_samples=mode != "shard",
                         # a shard's metrics are discarded: skip their bootstrap stderr
                         **({"bootstrap_iters": 0} if mode == "shard" else {}),
                     )
@@ -288,6 +290,8 @@ def run(spec: dict[str, Any]) -> dict[str, Any]:
             env = {k: results.get(k) for k in ("lm_eval_version", "transformers_version",
                                                 "git_hash", "date")}
             for entry in run_spec["entries"]:
+                # the samples first: an entry on disk then always has its samples beside it
+                _store_samples(results, entry)
                 write_json_atomic(Path(entry["path"]), {
                     "entry_key": entry["entry_key"],
                     "model_key": spec["model_key"],
@@ -336,6 +340,21 @@ def _task_counts(counter: RequestCounter, lm: Any, entries: list[dict[str, Any]]
         out[name] = {"eval_s": eval_s, "requests": c.requests if c else 0,
                      "tokens": c.tokens if c else 0}
     return out
+
+
+def _store_samples(results: dict[str, Any], entry: dict[str, Any]) -> None:
+    from .samples import entry_samples, write_samples
+
+    logged = results.get("samples") or {}
+    names = [entry["task"], *_subtasks(results, entry["task"])]
+    per_task = entry_samples(logged, names)
+    if per_task:
+        write_samples(Path(entry["path"]), entry["entry_key"], per_task)
+
+
+def _subtasks(results: dict[str, Any], task: str) -> list[str]:
+    children = (results.get("group_subtasks") or {}).get(task) or []
+    return [leaf for child in children for leaf in (child, *_subtasks(results, child))]
 
 
 def _record_shard_run(report: dict[str, Any], lm: Any, tasks: list[str],
