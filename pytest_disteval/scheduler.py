@@ -27,6 +27,7 @@ from .backends import BACKENDS
 from .executors.local import WorkerRun, kill_all, log_tail, run_worker
 from .fingerprint import digest
 from .gpus import GPU, Inventory, Lease, LeaseManager, LeaseTimeout, NoGPUError
+from .jobrecord import job_record
 from .jobs import EvalJob, missing_data_files
 from .layout import Layout, LayoutError
 from .monitor import GpuSampler
@@ -216,7 +217,14 @@ class JobScheduler:
         outcome.gpu = _combine_gpu(self._gpu.pop(job_key(job), []))
         outcome.skip_reason = skip if todo else None
         if entries:
-            outcome.results_path = self._write_results(job, entries)
+            # how the job ran, for the reports (jobrecord.py); budgets add theirs to it
+            run_dir = self.settings.runs_dir / f"{job.name}-{job.job_id[:8]}"
+            record = job_record(self.plan(job), device=job.model.device,
+                                wall_s=outcome.wall_s if outcome.wall_s is not None
+                                else outcome.recorded_wall_s,
+                                run_dir=run_dir if run is not None else None,
+                                cached=outcome.fully_cached)
+            outcome.results_path = self._write_results(job, entries, record)
         return outcome
 
     def _start_worker(self, job: EvalJob, todo: list[TaskEntry],
@@ -492,9 +500,10 @@ class JobScheduler:
             "meta_path": str(run_dir / "meta.json"),
         }
 
-    def _write_results(self, job: EvalJob, entries: dict[str, dict[str, Any]]) -> Path:
+    def _write_results(self, job: EvalJob, entries: dict[str, dict[str, Any]],
+                       record: dict[str, Any] | None = None) -> Path:
         model = job.model
-        config = {
+        config: dict[str, Any] = {
             "model": BACKENDS[model.backend].lm_eval_model,
             "model_args": model.model_args,
             "batch_size": model.batch_size,
@@ -506,6 +515,8 @@ class JobScheduler:
                                             "computed_at": e["computed_at"]}
                                      for name, e in entries.items()}},
         }
+        if record is not None:
+            config["disteval"]["job"] = record
         results = merge_entries(list(entries.values()), config)
         results["date"] = datetime.now(timezone.utc).timestamp()
         # the suite's path, not its name: two suites may share a name

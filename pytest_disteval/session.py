@@ -9,7 +9,9 @@ import pytest
 from .gpus import NoGPUError
 from .items import DistevalItem, SuiteFile
 from .layout import LayoutError
-from .report import SummaryTable
+from .report import SummaryTable, render_jobs
+from .reports import write_reports
+from .runreport import RunRecorder
 from .scheduler import JobScheduler
 from .state import SCHEDULER, SETTINGS
 
@@ -21,6 +23,10 @@ class DistevalSession:
         self.config = config
         self.suite_errors = 0
         self.summary = SummaryTable()
+        self.recorder = RunRecorder(args=[str(a) for a in config.invocation_params.args],
+                                    rootdir=str(config.rootpath))
+        self.run_report: dict[str, Any] | None = None
+        self.written: list[tuple[str, str]] = []  # (what, path) of the reports written
 
     def pytest_collectreport(self, report: pytest.CollectReport) -> None:
         if report.failed and getattr(report, "disteval_suite", False):
@@ -86,13 +92,28 @@ class DistevalSession:
 
     def pytest_runtest_logreport(self, report: pytest.TestReport) -> None:
         self.summary.add(report)
+        self.recorder.add(report)
+
+    @pytest.hookimpl(trylast=True)
+    def pytest_sessionfinish(self, session: pytest.Session, exitstatus: int) -> None:
+        settings = self.config.stash[SETTINGS]
+        if settings.is_xdist_worker or settings.plan_only or self.config.option.collectonly:
+            return  # the controller writes the reports, once
+        self.run_report, self.written = write_reports(
+            self.recorder, settings, self.config.stash[SCHEDULER], int(exitstatus))
 
     def pytest_terminal_summary(self, terminalreporter: Any) -> None:
-        if not self.summary.rows:
-            return
-        terminalreporter.write_sep("=", "disteval summary")
-        for line in self.summary.render():
-            terminalreporter.write_line(line)
+        if self.summary.rows:
+            terminalreporter.write_sep("=", "disteval summary")
+            for line in self.summary.render():
+                terminalreporter.write_line(line)
+        jobs = (self.run_report or {}).get("jobs") or []
+        if jobs:
+            terminalreporter.write_line("")
+            for line in render_jobs(jobs):
+                terminalreporter.write_line(line)
+        for what, path in self.written:
+            terminalreporter.write_line(f"disteval {what} report: {path}")
 
     def pytest_unconfigure(self, config: pytest.Config) -> None:
         config.stash[SCHEDULER].close()
