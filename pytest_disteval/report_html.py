@@ -29,7 +29,8 @@ h1{font-size:20px;margin:0 0 6px}h2{font-size:16px;margin:26px 0 8px}
 table{border-collapse:collapse;background:#fff;width:100%;border:1px solid var(--line)}
 th,td{padding:5px 8px;border-bottom:1px solid var(--line);text-align:left;vertical-align:middle;
 white-space:nowrap}th{background:#eef1f4;font-weight:600;font-size:12px}
-td.num{font-variant-numeric:tabular-nums}
+td.num{font-variant-numeric:tabular-nums}td.wrap{white-space:normal;min-width:14em}
+.scroll{overflow-x:auto}
 tr.failed td:first-child{border-left:4px solid var(--fail)}
 tr.passed td:first-child{border-left:4px solid var(--pass)}
 tr.skipped td:first-child{border-left:4px solid var(--skip)}
@@ -164,7 +165,7 @@ def line_chart(title: str, t: list[float], series: dict[str, list[float]], top: 
            f'height="{h}" viewBox="0 0 {w} {h}" role="img"><title>{escape(title)}</title>',
            f'<line x1="{pad}" y1="{h - 20}" x2="{w - 6}" y2="{h - 20}" stroke="#999"/>',
            f'<line x1="{pad}" y1="8" x2="{pad}" y2="{h - 20}" stroke="#999"/>',
-           f'<text x="2" y="14" font-size="10">{top:.0f}{escape(unit)}</text>',
+           f'<text x="2" y="14" font-size="10">{top:.3g}{escape(unit)}</text>',
            f'<text x="2" y="{h - 20}" font-size="10">0</text>',
            f'<text x="{w - 40}" y="{h - 6}" font-size="10">{span:.0f} s</text>']
     for n, (name, values) in enumerate(series.items()):
@@ -193,9 +194,12 @@ def _job_charts(job: dict[str, Any]) -> str:
         mem = {k: [b / 2**30 for b in v.get("mem_used_bytes") or []]
                for k, v in (data.get("gpus") or {}).items()}
         totals = [g.get("memory_total_bytes", 0) / 2**30 for g in record.get("gpus") or []]
-        top_mem = max(totals + [max((max(v) for v in mem.values() if v), default=1.0)])
+        # scaled to the peak, not the capacity: a small model's curve would be a flat line
+        top_mem = max((max(v) for v in mem.values() if v), default=1.0) * 1.25
+        of = f" (of {max(totals):.0f} GiB per GPU)" if totals and max(totals) else ""
         charts.append(line_chart(f"{worker}: GPU utilisation", data["t"], util, 100.0, "%"))
-        charts.append(line_chart(f"{worker}: GPU memory", data["t"], mem, top_mem, " GiB"))
+        charts.append(line_chart(f"{worker}: GPU memory{of}", data["t"], mem, top_mem,
+                                 " GiB"))
     if not charts:
         why = ("ran on the CPU" if not record.get("gpus") or record.get("device") == "cpu"
                else "no timeline was recorded (results from the store, or NVML unavailable)")
@@ -230,14 +234,15 @@ def render(report: dict[str, Any]) -> str:
            "show failing items only</label><span>"
            f"{_LEGEND}bar: the score (a budget: the measurement); whisker: ± one standard "
            "error; dashed line: the bound; ring: the baseline</span></p>",
-           '<table id="items"><thead>',
+           '<div class="scroll"><table id="items"><thead>',
            _row((*ITEM_HEADER, "score vs bound"), tag="th"), "</thead><tbody>"]
     for item in report["items"]:
         # words, not the markdown's emoji: a browser may lack an emoji font
         cells = (_RESULT.get(item["outcome"], item["outcome"]), *item_cells(item)[1:])
         outcome = escape(item["outcome"])
-        tds = "".join(f'<td class="{"r-" + outcome if i == 0 else "num" if i >= 4 else ""}">'
-                      f"{escape(c)}</td>" for i, c in enumerate(cells))
+        classes = [f"r-{outcome}", "", "", "", "num", "wrap", "num"]
+        tds = "".join(f'<td class="{cls}">{escape(c)}</td>'
+                      for cls, c in zip(classes, cells, strict=True))
         out.append(f'<tr class="{outcome}" data-outcome="{outcome}" '
                    f'data-nodeid="{escape(item["nodeid"])}">{tds}<td>{bar(item)}</td></tr>')
         if item.get("failure") or item.get("skip_reason"):
@@ -247,7 +252,7 @@ def render(report: dict[str, Any]) -> str:
                        f'<td colspan="{len(cells) + 1}"><details><summary>{what}: '
                        f'<code>{escape(item["nodeid"])}</code></summary>'
                        f"<pre>{escape(text)}</pre></details></td></tr>")
-    out.append("</tbody></table>")
+    out.append("</tbody></table></div>")
     regressions = [i for i in report["items"] if i["kind"] == "regression"]
     if regressions:
         out += ["<h2>Baseline deltas</h2>", '<table id="baselines"><thead>',
