@@ -22,7 +22,7 @@ def write_reports(recorder: RunRecorder, settings: Settings, scheduler: Any,
     gpus, source = inventory_gpus(scheduler)
     report = recorder.build(exit_status, gpus, source)
     written: list[tuple[str, str]] = []
-    if options.json_path is not None:
+    if options.json_path is not None and (recorder.items or options.json_asked):
         report_json.write(options.json_path, report)
         written.append(("JSON", str(options.json_path)))
     if options.md_path is not None:

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import os
+import sys
+import time
 from typing import Any
 
 import pytest
@@ -9,6 +12,7 @@ import pytest
 from .gpus import NoGPUError
 from .items import DistevalItem, SuiteFile
 from .layout import LayoutError
+from .progress import ProgressLine, enabled
 from .report import SummaryTable, render_jobs
 from .reports import write_reports
 from .runreport import RunRecorder
@@ -27,6 +31,34 @@ class DistevalSession:
                                     rootdir=str(config.rootpath))
         self.run_report: dict[str, Any] | None = None
         self.written: list[tuple[str, str]] = []  # (what, path) of the reports written
+        self.progress_fd = self._progress_fd(config)
+        self.started = time.time()
+
+    @staticmethod
+    def _progress_fd(config: pytest.Config) -> int | None:
+        settings = config.stash[SETTINGS]
+        try:
+            fd = sys.stdout.fileno()  # capture is suspended now: this is the terminal
+        except (AttributeError, OSError, ValueError):
+            return None  # an in-process pytester run: no real stdout
+        if not enabled(settings.reports.progress, fd, config.get_verbosity(),
+                       settings.is_xdist_worker):
+            return None
+        return os.dup(fd)  # pytest captures fd 1 while items run; this stays the terminal
+
+    @pytest.hookimpl(hookwrapper=True)
+    def pytest_runtest_call(self, item: pytest.Item) -> Any:
+        if self.progress_fd is None or not isinstance(item, DistevalItem):
+            yield
+            return
+        line = ProgressLine(self.progress_fd, self.config.get_terminal_writer(),
+                            self.config.stash[SCHEDULER], self.config.stash[SETTINGS].runs_dir,
+                            self.started)
+        line.start()
+        try:
+            yield
+        finally:
+            line.stop()
 
     def pytest_collectreport(self, report: pytest.CollectReport) -> None:
         if report.failed and getattr(report, "disteval_suite", False):
@@ -117,3 +149,5 @@ class DistevalSession:
 
     def pytest_unconfigure(self, config: pytest.Config) -> None:
         config.stash[SCHEDULER].close()
+        if self.progress_fd is not None:
+            os.close(self.progress_fd)

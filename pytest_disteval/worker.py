@@ -92,6 +92,14 @@ def _injected_fault(index: int, run_dir: Path) -> None:
         raise RuntimeError(f"fault injected by DISTEVAL_FAULT={fault}")
 
 
+def _count_progress(lm: Any, spec: dict[str, Any]) -> Any:
+    # requests done and known, for the live progress line of the pytest process
+    from .progress_counter import install
+
+    install(lm, _run_dir(spec) / f"progress-{os.getpid()}.json")
+    return lm
+
+
 def _run_dir(spec: dict[str, Any]) -> Path:
     return Path(spec.get("run_dir") or Path(spec["meta_path"]).parent)
 
@@ -117,6 +125,7 @@ def run(spec: dict[str, Any]) -> dict[str, Any]:
     shard_report: dict[str, Any] | None = None
     if mode == "direct":
         lm = _load_model(spec)
+        _count_progress(lm, spec)
     else:
         from .sharding import DEFAULT_CHUNK_SIZE, ReplayLM, ResponseStore, ShardLM
 
@@ -124,7 +133,8 @@ def run(spec: dict[str, Any]) -> dict[str, Any]:
         if mode == "shard":
             index, count = spec["shard"]["index"], spec["shard"]["count"]
             _injected_fault(index, _run_dir(spec))
-            lm = ShardLM(_load_model(spec), store, spec["model_key"], index, count,
+            lm = ShardLM(_count_progress(_load_model(spec), spec), store, spec["model_key"],
+                         index, count,
                          chunk_size=int(spec.get("chunk_size") or DEFAULT_CHUNK_SIZE),
                          log=lambda message: print(message, flush=True))
             shard_report = {"shard": {"index": index, "count": count},

@@ -134,6 +134,8 @@ def test_terminal_shows_the_job_table_and_where_the_reports_went(run: Run) -> No
     assert set(rows) == {"good", "weak"}
     assert "tp1 pp1 dp1" in rows["good"] and " cpu " in rows["good"]
     assert f"disteval HTML report: {run.html_path}" in out
+    # stdout is a pipe here: no live progress, no escape sequences
+    assert "[disteval] jobs" not in out and "\x1b" not in out
 
 
 @pytest.mark.slow
@@ -244,3 +246,73 @@ def test_html_report_in_a_headless_browser(run: Run, tmp_path: Path) -> None:
                           ["good-0: GPU memory (of 80 GiB per GPU)", 2]]
         assert "0,1 (H100 <80GB>)" in browser.evaluate(
             "document.querySelector('#jobs').textContent")
+
+
+def run_in_pty(cwd: Path, *args: str) -> tuple[int, str]:
+    """pytest with a pseudo-terminal as stdout and stderr, as a person's shell gives it."""
+    import pty
+    import select
+
+    master, slave = pty.openpty()
+    clean = {k: v for k, v in os.environ.items()
+             if not k.startswith(("PYTEST_", "GITHUB_", "DISTEVAL_"))}
+    clean.update(PYTHONPATH=str(ROOT), COLUMNS="160", LINES="50", TERM="xterm")
+    proc = subprocess.Popen([sys.executable, "-m", "pytest", "-p", "no:cacheprovider", *args],
+                            cwd=cwd, stdin=slave, stdout=slave, stderr=slave, env=clean)
+    os.close(slave)
+    out = b""
+    try:
+        while True:
+            ready, _, _ = select.select([master], [], [], 1.0)
+            if ready:
+                try:
+                    chunk = os.read(master, 65536)
+                except OSError:  # the child closed its end
+                    break
+                if not chunk:
+                    break
+                out += chunk
+            elif proc.poll() is not None:
+                break
+        proc.wait(timeout=600)
+    finally:
+        os.close(master)
+    return proc.returncode, out.decode("utf-8", "replace")
+
+
+@pytest.mark.slow
+def test_live_progress_on_a_tty_is_drawn_in_place_and_erased(tmp_path: Path) -> None:
+    import re
+    import shutil
+
+    shutil.copytree(SUITES / "tasks", tmp_path / "suites" / "tasks")
+    shutil.copytree(SUITES / "data", tmp_path / "suites" / "data")
+    (tmp_path / "pytest.ini").write_text("[pytest]\n", encoding="utf-8")
+    (tmp_path / "suites" / "one.yaml").write_text(f"""\
+disteval: 1
+include: [tasks]
+models:
+  - name: weak
+    backend: hf
+    model_args: {{pretrained: {DEMO_MODELS / "tiny-arith-untrained"}, dtype: float32}}
+    device: cpu
+    batch_size: 8
+tasks:
+  - task: arith_mc
+    limit: 10
+    thresholds:
+      acc: 0.0
+""", encoding="utf-8")
+    code, out = run_in_pty(tmp_path, "suites", "--disteval-no-cache",
+                           f"--disteval-dir={tmp_path / 'd'}", "--color=no")
+    assert code == 0, out
+    # drawn: saved cursor, a status, then redrawn in place and erased at the end
+    drawn = re.findall(r"\x1b7 (\[disteval\] [^\x1b]*)", out)
+    assert drawn and drawn[0].startswith("[disteval] jobs 0/1"), out
+    statuses = re.findall(r"\[disteval\] [^\x1b]*", out)
+    assert any(re.search(r"requests \d+/40\b", s) for s in statuses), statuses
+    # with the drawing taken out, pytest's own line is what it always is
+    plain = re.sub(r"\x1b7 \[disteval\][^\x1b]*(?:\x1b8\x1b\[K(?: \[disteval\][^\x1b]*)?)*",
+                   "", out)
+    assert "\x1b" not in plain and "[disteval] jobs" not in plain, plain
+    assert re.search(r"^suites/one\.yaml \. +\[100%\]\r?$", plain, flags=re.M), plain
