@@ -27,7 +27,7 @@ h1{font-size:20px;margin:0 0 6px}h2{font-size:16px;margin:26px 0 8px}
 .banner.pass{background:var(--pass)}.banner.fail{background:var(--fail)}
 .meta{color:var(--mute);font-size:12px}
 table{border-collapse:collapse;background:#fff;width:100%;border:1px solid var(--line)}
-th,td{padding:5px 8px;border-bottom:1px solid var(--line);text-align:left;vertical-align:middle;
+th,td{padding:4px 7px;border-bottom:1px solid var(--line);text-align:left;vertical-align:middle;
 white-space:nowrap}th{background:#eef1f4;font-weight:600;font-size:12px}
 td.num{font-variant-numeric:tabular-nums}td.wrap{white-space:normal;min-width:14em}
 .scroll{overflow-x:auto}
@@ -63,7 +63,7 @@ _JS = """
 })();
 """
 
-_BAR_W, _BAR_H = 220, 18
+_BAR_W, _BAR_H = 170, 18
 _RESULT = {"passed": "pass", "failed": "FAIL", "skipped": "skip"}
 _LEGEND = ('<svg width="150" height="14" viewBox="0 0 150 14" aria-hidden="true">'
            '<rect x="0" y="3" width="60" height="8" fill="#2e7d32" opacity="0.8"/>'
