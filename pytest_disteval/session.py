@@ -37,6 +37,8 @@ class DistevalSession:
     @staticmethod
     def _progress_fd(config: pytest.Config) -> int | None:
         settings = config.stash[SETTINGS]
+        if config.pluginmanager.get_plugin("terminalreporter") is None:
+            return None  # -p no:terminal: no line to draw on
         try:
             fd = sys.stdout.fileno()  # capture is suspended now: this is the terminal
         except (AttributeError, OSError, ValueError):

@@ -24,7 +24,7 @@ def item(nodeid: str, outcome: str, **props: Any) -> dict[str, Any]:
 
 def report() -> dict[str, Any]:
     """A run report as the contracts describe it, regressions and a hostile text included."""
-    evil = "<script>alert(1)</script> | a&b"
+    evil = "<script>alert_called = 1</script><script>alert(1)</script> | a&b"
     items = [
         item("s.yaml::m::t::acc", "failed", kind="regression", model="m", backend="hf",
              task="t", metric="acc,none", score=0.61, stderr=0.02, baseline_score=0.70,

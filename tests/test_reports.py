@@ -16,6 +16,7 @@ from typing import Any
 
 import pytest
 from browser import Browser, find_chromium
+from test_report_render import report as contract_report
 
 from conftest import DEMO_MODELS, ROOT, SUITES
 
@@ -246,6 +247,17 @@ def test_html_report_in_a_headless_browser(run: Run, tmp_path: Path) -> None:
                           ["good-0: GPU memory (of 80 GiB per GPU)", 2]]
         assert "0,1 (H100 <80GB>)" in browser.evaluate(
             "document.querySelector('#jobs').textContent")
+
+        # regression items (the contract's properties) and hostile text
+        page = tmp_path / "contract.html"
+        page.write_text(report_html.render(contract_report()), encoding="utf-8")
+        problems = browser.load(page.as_uri())
+        assert problems.console_errors == [] and problems.exceptions == []
+        assert browser.evaluate("typeof alert_called") == "undefined"
+        assert browser.evaluate("document.querySelectorAll('#baselines tbody tr').length") == 1
+        assert browser.evaluate("document.querySelectorAll('#items circle.baseline').length") == 1
+        assert "<script>alert(1)</script>" in browser.evaluate(
+            "document.querySelector('#items tr.detail pre').textContent")
 
 
 def run_in_pty(cwd: Path, *args: str) -> tuple[int, str]:
