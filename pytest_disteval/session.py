@@ -37,8 +37,6 @@ class DistevalSession:
     @staticmethod
     def _progress_fd(config: pytest.Config) -> int | None:
         settings = config.stash[SETTINGS]
-        if config.pluginmanager.get_plugin("terminalreporter") is None:
-            return None  # -p no:terminal: no line to draw on
         try:
             fd = sys.stdout.fileno()  # capture is suspended now: this is the terminal
         except (AttributeError, OSError, ValueError):
@@ -50,7 +48,9 @@ class DistevalSession:
 
     @pytest.hookimpl(hookwrapper=True)
     def pytest_runtest_call(self, item: pytest.Item) -> Any:
-        if self.progress_fd is None or not isinstance(item, DistevalItem):
+        # (the terminal reporter is looked up now: it registers after this plugin)
+        if (self.progress_fd is None or not isinstance(item, DistevalItem)
+                or self.config.pluginmanager.get_plugin("terminalreporter") is None):
             yield
             return
         line = ProgressLine(self.progress_fd, self.config.get_terminal_writer(),

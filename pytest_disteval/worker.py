@@ -93,10 +93,13 @@ def _injected_fault(index: int, run_dir: Path) -> None:
 
 
 def _count_progress(lm: Any, spec: dict[str, Any]) -> Any:
-    # requests done and known, for the live progress line of the pytest process
-    from .progress_counter import install
+    # requests done and known, for the live progress line of the pytest process.
+    # Under torchrun (tp/pp ranks of one replica) every rank sees the same requests:
+    # rank 0 counts for all of them
+    if os.environ.get("RANK", "0") == "0":
+        from .progress_counter import install
 
-    install(lm, _run_dir(spec) / f"progress-{os.getpid()}.json")
+        install(lm, _run_dir(spec) / f"progress-{os.getpid()}.json")
     return lm
 
 
