@@ -88,7 +88,9 @@ def _bounds(props: dict[str, Any], unit: str | None = None) -> tuple[float | Non
     """(min, max) of the item's bound: numbers from the bound's text, e.g. 'acc >= 0.9000'."""
     bound = props.get("bound")
     if isinstance(bound, int | float) and not isinstance(bound, bool):
-        return (None, float(bound)) if props.get("kind") == "budget" else (float(bound), None)
+        # a bare number: a rate must reach it, a time, a size or a share must stay below
+        at_least = props.get("kind") != "budget" or unit in ("req/s", "tok/s")
+        return (float(bound), None) if at_least else (None, float(bound))
     text = str(bound or "")
     low = re.search(r">=\s*([-\d.eE+]+\w*)", text)
     high = re.search(r"<=\s*([-\d.eE+]+\w*)", text)

@@ -132,3 +132,20 @@ def test_report_options_resolve_and_reject_bad_values(pytester: pytest.Pytester)
                                 "-o", "disteval_html=off")
     data = json.loads(Path(pytester.path / "r.json").read_text(encoding="utf-8"))
     assert data["items"] == [] and data["exit_status"] == 0
+
+
+def test_bars_place_value_bound_and_baseline() -> None:
+    regression, threshold, budget = report()["items"]
+    svg = report_html.bar(threshold)  # 0.8 ± 0.03 against >= 0.5, on a [0, 1.05] scale
+    width = re.search(r'class="value" x="0" y="4" width="([\d.]+)"', svg)
+    bound = re.search(r'class="bound" x1="([\d.]+)"', svg)
+    assert width and bound and float(bound.group(1)) < float(width.group(1))
+    assert 'class="whisker"' in svg
+    assert 'class="baseline"' in report_html.bar(regression)
+    # a throughput budget: 1234.5 tok/s measured, at least 1000 required
+    svg = report_html.bar(budget)
+    width = re.search(r'class="value" x="0" y="4" width="([\d.]+)"', svg)
+    bound = re.search(r'class="bound" x1="([\d.]+)"', svg)
+    assert width and bound and float(bound.group(1)) < float(width.group(1))
+    missing = dict(threshold, properties=dict(threshold["properties"], score=None))
+    assert report_html.bar(missing) == ""
