@@ -33,9 +33,9 @@ def enabled(mode: str, fd: int, verbosity: int, xdist_worker: bool) -> bool:
     return os.isatty(fd) and verbosity > -2  # -qq: as quiet as pytest itself
 
 
-def read_counts(runs_dir: Path, since: float) -> tuple[int, int, int, float | None]:
-    """(workers running, requests done, requests known, first start) of this session."""
-    running = done = total = 0
+def read_counts(runs_dir: Path, since: float) -> tuple[int, int, int, int, float | None]:
+    """(workers running, of them shards, requests done, known, first start) of this session."""
+    running = shards = done = total = 0
     first: float | None = None
     for path in runs_dir.glob("*/progress-*.json"):
         try:
@@ -48,17 +48,21 @@ def read_counts(runs_dir: Path, since: float) -> tuple[int, int, int, float | No
         total += int(data.get("total", 0))
         if data.get("done", 0) < data.get("total", 0) or not data.get("total"):
             running += 1
+            # a dp job's run directory holds its shards' specs: its workers are shards
+            shards += (path.parent / "spec-shard0.json").exists()
         started = data.get("started")
         if isinstance(started, int | float) and started >= since:
             first = started if first is None else min(first, started)
-    return running, done, total, first
+    return running, shards, done, total, first
 
 
 def status(jobs_done: int, jobs: int, running: int, done: int, total: int,
-           first: float | None, now: float) -> str:
+           first: float | None, now: float, shards: int = 0) -> str:
     parts = [f"jobs {jobs_done}/{jobs}"]
-    if running:
-        parts.append(f"{running} worker{'s' if running != 1 else ''}")
+    if shards:
+        parts.append(f"{shards} shard{'s' if shards != 1 else ''}")
+    if running - shards:
+        parts.append(f"{running - shards} worker{'s' if running - shards != 1 else ''}")
     if total:
         parts.append(f"requests {done}/{total}")
         # a few answers say little about the rate: no ETA before 5% are done
@@ -108,8 +112,8 @@ class ProgressLine:
     def _draw(self) -> None:
         jobs = len(self.scheduler.jobs)
         jobs_done = sum(1 for o in self.scheduler.outcomes.values() if o is not None)
-        running, done, total, first = read_counts(self.runs_dir, self.since)
-        text = " " + status(jobs_done, jobs, running, done, total, first, time.time())
+        running, shards, done, total, first = read_counts(self.runs_dir, self.since)
+        text = " " + status(jobs_done, jobs, running, done, total, first, time.time(), shards)
         room = self.writer.fullwidth - self.writer.width_of_current_line - 1
         if room < 12:
             return  # no room left on pytest's line: draw nothing rather than wrap

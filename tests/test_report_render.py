@@ -114,6 +114,34 @@ def test_progress_status_line() -> None:
     line = status(1, 2, 2, 50, 100, 0.0, 10.0)
     assert line == "[disteval] jobs 1/2 · 2 workers · requests 50/100 · ETA 10s"
     assert "ETA" not in status(1, 2, 1, 2, 100, 0.0, 10.0)  # too few done to tell
+    assert (status(0, 1, 3, 0, 9, None, 1.0, shards=3)
+            == "[disteval] jobs 0/1 · 3 shards · requests 0/9")
+
+
+def test_progress_counts_this_sessions_workers(tmp_path: Path) -> None:
+    import os
+
+    from pytest_disteval.progress import read_counts
+    from pytest_disteval.progress_counter import ProgressCounter
+
+    old = tmp_path / "job-old" / "progress-1.json"
+    old.parent.mkdir()
+    old.write_text('{"done": 5, "total": 5, "started": 1.0}')
+    os.utime(old, (1.0, 1.0))  # an earlier session's
+    direct = tmp_path / "job-a"
+    shard = tmp_path / "job-b"
+    for d in (direct, shard):
+        d.mkdir()
+    (shard / "spec-shard0.json").write_text("{}")
+    counters = [ProgressCounter(direct / "progress-2.json"),
+                ProgressCounter(shard / "progress-3.json"),
+                ProgressCounter(shard / "progress-4.json")]
+    for counter, (done, total) in zip(counters, ((10, 10), (3, 8), (0, 8)), strict=True):
+        counter.total, counter.done = total, done
+        counter.write()
+    running, shards, done, total, first = read_counts(tmp_path, since=100.0)
+    assert (running, shards, done, total) == (2, 2, 13, 26)
+    assert first == min(c.started for c in counters)
 
 
 def test_report_options_resolve_and_reject_bad_values(pytester: pytest.Pytester) -> None:
