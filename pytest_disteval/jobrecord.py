@@ -23,14 +23,14 @@ def _read(path: Path) -> dict[str, Any] | None:
 
 
 def load_seconds(run_dir: Path) -> float | None:
-    """The model's load time: the direct worker's, or the slowest shard's."""
-    meta = _read(run_dir / "meta.json") or {}
-    timing = meta.get("timing") or {}
-    if isinstance(timing.get("load_s"), int | float) and not timing.get("shard"):
-        return float(timing["load_s"])
+    """The model's load time: the slowest shard's with dp > 1, else the direct worker's."""
+    # with dp > 1, meta.json is the scoring worker's, which loads no model
     shards = [_read(p) or {} for p in sorted(run_dir.glob("shard-*.json"))]
     loads = [float(s["load_s"]) for s in shards if isinstance(s.get("load_s"), int | float)]
-    return max(loads) if loads else None
+    if loads:
+        return max(loads)
+    timing = (_read(run_dir / "meta.json") or {}).get("timing") or {}
+    return float(timing["load_s"]) if isinstance(timing.get("load_s"), int | float) else None
 
 
 def gpu_use(timelines: list[Path]) -> dict[str, Any] | None:

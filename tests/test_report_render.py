@@ -177,3 +177,26 @@ def test_bars_place_value_bound_and_baseline() -> None:
     assert width and bound and float(bound.group(1)) < float(width.group(1))
     missing = dict(threshold, properties=dict(threshold["properties"], score=None))
     assert report_html.bar(missing) == ""
+
+
+def test_job_record_from_a_run_directory(tmp_path: Path) -> None:
+    from pytest_disteval.jobrecord import gpu_use, load_seconds
+
+    (tmp_path / "meta.json").write_text('{"timing": {"load_s": 0.01}}')  # the scoring worker
+    assert load_seconds(tmp_path) == 0.01
+    for i, load in enumerate((4.0, 6.5)):
+        (tmp_path / f"shard-{i}.json").write_text(json.dumps({"load_s": load}))
+    assert load_seconds(tmp_path) == 6.5  # dp > 1: the slowest shard's
+    timelines = []
+    for name, gpus in (("a", {"0": ([10, 30], [1, 5])}), ("b", {"1": ([50, 70], [2, 3])})):
+        path = tmp_path / f"gpu-{name}.json"
+        path.write_text(json.dumps({"period_s": 0.5, "t": [0, 0.5], "unavailable": None,
+                                    "gpus": {k: {"util_pct": u, "mem_used_bytes": m}
+                                             for k, (u, m) in gpus.items()}}))
+        timelines.append(path)
+    use = gpu_use(timelines)
+    assert use is not None
+    assert use["per_device"] == {"0": {"mean_util_pct": 20.0, "peak_mem_bytes": 5},
+                                 "1": {"mean_util_pct": 60.0, "peak_mem_bytes": 3}}
+    assert use["group_peak_mem_bytes"] == 5 and use["mean_util_pct"] == 40.0
+    assert gpu_use([tmp_path / "missing.json"]) is None
