@@ -65,6 +65,23 @@ def pytest_addoption(parser: pytest.Parser) -> None:
                        ("save_baseline", "Baseline file to write"),
                        ("alpha", "Significance level of the regression tests")):
         parser.addini(f"disteval_{name}", text, default="")
+    group.addoption("--disteval-json", dest="disteval_json", metavar="PATH", default=None,
+                    help="Write the JSON report of the run to PATH, or off "
+                         "(default: <disteval dir>/report.json)")
+    group.addoption("--disteval-md", dest="disteval_md", metavar="PATH", default=None,
+                    help="Write a markdown summary to PATH (it is also appended to "
+                         "$GITHUB_STEP_SUMMARY when that is set)")
+    group.addoption("--disteval-html", dest="disteval_html", metavar="PATH", default=None,
+                    help="Write a self-contained HTML report to PATH")
+    group.addoption("--disteval-progress", dest="disteval_progress", metavar="WHEN",
+                    default=None,
+                    help="Live progress of running jobs: auto (on a terminal only), on or off "
+                         "(default: auto)")
+    for name, text in (("json", "Path of the JSON report, or off"),
+                       ("md", "Path of the markdown summary"),
+                       ("html", "Path of the HTML report"),
+                       ("progress", "Live progress: auto, on or off")):
+        parser.addini(f"disteval_{name}", text, default="")
     for name, text in (("dir", "Directory for the result store, results and logs"),
                        ("cache", "Reuse stored results (true/false)"),
                        ("timeout", "Wall-time limit of one job's worker"),

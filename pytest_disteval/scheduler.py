@@ -545,7 +545,7 @@ class JobScheduler:
     def _write_results(self, job: EvalJob, entries: dict[str, dict[str, Any]],
                        record: dict[str, Any] | None = None) -> Path:
         model = job.model
-        config = {
+        config: dict[str, Any] = {
             "model": BACKENDS[model.backend].lm_eval_model,
             "model_args": model.model_args,
             "batch_size": model.batch_size,
@@ -558,6 +558,8 @@ class JobScheduler:
                                      for name, e in entries.items()},
                          "job": record},
         }
+        if record is not None:
+            config["disteval"]["job"] = record
         results = merge_entries(list(entries.values()), config)
         results["date"] = datetime.now(timezone.utc).timestamp()
         # the suite's path, not its name: two suites may share a name

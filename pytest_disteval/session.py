@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import os
+import sys
+import time
 from typing import Any
 
 import pytest
@@ -9,7 +12,10 @@ import pytest
 from .gpus import NoGPUError
 from .items import DistevalItem, SuiteFile
 from .layout import LayoutError
-from .report import SummaryTable
+from .progress import ProgressLine, enabled
+from .report import SummaryTable, render_jobs
+from .reports import write_reports
+from .runreport import RunRecorder
 from .scheduler import JobScheduler
 from .state import SCHEDULER, SETTINGS
 
@@ -21,6 +27,40 @@ class DistevalSession:
         self.config = config
         self.suite_errors = 0
         self.summary = SummaryTable()
+        self.recorder = RunRecorder(args=[str(a) for a in config.invocation_params.args],
+                                    rootdir=str(config.rootpath))
+        self.run_report: dict[str, Any] | None = None
+        self.written: list[tuple[str, str]] = []  # (what, path) of the reports written
+        self.progress_fd = self._progress_fd(config)
+        self.started = time.time()
+
+    @staticmethod
+    def _progress_fd(config: pytest.Config) -> int | None:
+        settings = config.stash[SETTINGS]
+        try:
+            fd = sys.stdout.fileno()  # capture is suspended now: this is the terminal
+        except (AttributeError, OSError, ValueError):
+            return None  # an in-process pytester run: no real stdout
+        if not enabled(settings.reports.progress, fd, config.get_verbosity(),
+                       settings.is_xdist_worker):
+            return None
+        return os.dup(fd)  # pytest captures fd 1 while items run; this stays the terminal
+
+    @pytest.hookimpl(hookwrapper=True)
+    def pytest_runtest_call(self, item: pytest.Item) -> Any:
+        # (the terminal reporter is looked up now: it registers after this plugin)
+        if (self.progress_fd is None or not isinstance(item, DistevalItem)
+                or self.config.pluginmanager.get_plugin("terminalreporter") is None):
+            yield
+            return
+        line = ProgressLine(self.progress_fd, self.config.get_terminal_writer(),
+                            self.config.stash[SCHEDULER], self.config.stash[SETTINGS].runs_dir,
+                            self.started)
+        line.start()
+        try:
+            yield
+        finally:
+            line.stop()
 
     def pytest_collectreport(self, report: pytest.CollectReport) -> None:
         if report.failed and getattr(report, "disteval_suite", False):
@@ -86,13 +126,30 @@ class DistevalSession:
 
     def pytest_runtest_logreport(self, report: pytest.TestReport) -> None:
         self.summary.add(report)
+        self.recorder.add(report)
+
+    @pytest.hookimpl(trylast=True)
+    def pytest_sessionfinish(self, session: pytest.Session, exitstatus: int) -> None:
+        settings = self.config.stash[SETTINGS]
+        if settings.is_xdist_worker or settings.plan_only or self.config.option.collectonly:
+            return  # the controller writes the reports, once
+        self.run_report, self.written = write_reports(
+            self.recorder, settings, self.config.stash[SCHEDULER], int(exitstatus))
 
     def pytest_terminal_summary(self, terminalreporter: Any) -> None:
-        if not self.summary.rows:
-            return
-        terminalreporter.write_sep("=", "disteval summary")
-        for line in self.summary.render():
-            terminalreporter.write_line(line)
+        if self.summary.rows:
+            terminalreporter.write_sep("=", "disteval summary")
+            for line in self.summary.render():
+                terminalreporter.write_line(line)
+        jobs = (self.run_report or {}).get("jobs") or []
+        if jobs:
+            terminalreporter.write_line("")
+            for line in render_jobs(jobs):
+                terminalreporter.write_line(line)
+        for what, path in self.written:
+            terminalreporter.write_line(f"disteval {what} report: {path}")
 
     def pytest_unconfigure(self, config: pytest.Config) -> None:
         config.stash[SCHEDULER].close()
+        if self.progress_fd is not None:
+            os.close(self.progress_fd)

@@ -21,6 +21,15 @@ DEFAULT_TIMEOUT = "2h"
 
 
 @dataclass(frozen=True)
+class ReportOptions:
+    json_path: Path | None = None  # None: no JSON report (--disteval-json off)
+    md_path: Path | None = None
+    html_path: Path | None = None
+    progress: str = "auto"  # auto | on | off
+    json_asked: bool = False  # a path was given: write it even when no suite item ran
+
+
+@dataclass(frozen=True)
 class Settings:
     base_dir: Path  # holds store/, results/, logs/, runs/
     use_cache: bool
@@ -34,6 +43,7 @@ class Settings:
     baseline: Path | None = None
     save_baseline: Path | None = None
     alpha: float = 0.05
+    reports: ReportOptions = ReportOptions()
 
     @property
     def store_dir(self) -> Path:
@@ -110,6 +120,7 @@ def resolve(config: pytest.Config) -> Settings:
         gpu=_gpu_options(config),
         plan_only=bool(config.getoption("disteval_plan")),
         is_xdist_worker=hasattr(config, "workerinput"),
+        reports=_report_options(config, base_dir),
         **_baseline_options(config),
     )
 
@@ -135,6 +146,35 @@ def _baseline_options(config: pytest.Config) -> dict[str, Any]:
                                     "between 0 and 1, e.g. 0.05")
         values["alpha"] = number
     return values
+
+
+_OFF = {"off", "none", "no", "false", "0"}
+
+
+def _report_options(config: pytest.Config, base_dir: Path) -> ReportOptions:
+    paths: dict[str, Path | None] = {}
+    asked = False
+    for name in ("json", "md", "html"):
+        value, where = _pick(config, f"disteval_{name}", f"disteval_{name}",
+                             f"DISTEVAL_{name.upper()}")
+        if value is None:
+            # a run leaves its JSON report where its results are; the others are asked for
+            paths[name] = base_dir / "report.json" if name == "json" else None
+        elif str(value).strip().lower() in _OFF:
+            paths[name] = None
+        else:
+            asked = asked or name == "json"
+            # like --junitxml: relative to where pytest was started; an ini value to rootdir
+            start = (config.rootpath if where.startswith("ini")
+                     else config.invocation_params.dir)
+            paths[name] = start / Path(str(value)).expanduser()
+    progress, where = _pick(config, "disteval_progress", "disteval_progress",
+                            "DISTEVAL_PROGRESS")
+    mode = "auto" if progress is None else str(progress).strip().lower()
+    if mode not in {"auto", "on", "off"}:
+        raise pytest.UsageError(f"{where}: {progress!r} is not valid: auto, on or off")
+    return ReportOptions(json_path=paths["json"], md_path=paths["md"],
+                         html_path=paths["html"], progress=mode, json_asked=asked)
 
 
 def _positive(value: object, where: str, *, allow_zero: bool = False,

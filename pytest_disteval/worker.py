@@ -175,6 +175,17 @@ def _wait_for_shards(go: Path) -> None:
         raise BadRequest(f"not scored: {signal.get('why', 'a shard failed')}")
 
 
+def _count_progress(lm: Any, spec: dict[str, Any]) -> Any:
+    # requests done and known, for the live progress line of the pytest process.
+    # Under torchrun (tp/pp ranks of one replica) every rank sees the same requests:
+    # rank 0 counts for all of them
+    if os.environ.get("RANK", "0") == "0":
+        from .progress_counter import install
+
+        install(lm, _run_dir(spec) / f"progress-{os.getpid()}.json")
+    return lm
+
+
 def _run_dir(spec: dict[str, Any]) -> Path:
     return Path(spec.get("run_dir") or Path(spec["meta_path"]).parent)
 
@@ -206,6 +217,7 @@ def run(spec: dict[str, Any]) -> dict[str, Any]:
     real_lm: Any = None
     if mode == "direct":
         lm = real_lm = counter.install(_load_model(spec))
+        _count_progress(lm, spec)
     else:
         from .sharding import DEFAULT_CHUNK_SIZE, ReplayLM, ResponseStore, ShardLM
 
@@ -214,7 +226,7 @@ def run(spec: dict[str, Any]) -> dict[str, Any]:
             index, count = spec["shard"]["index"], spec["shard"]["count"]
             _injected_fault(index, _run_dir(spec))
             real_lm = counter.install(_load_model(spec))
-            lm = ShardLM(real_lm, store, spec["model_key"], index, count,
+            lm = ShardLM(_count_progress(real_lm, spec), store, spec["model_key"], index, count,
                          chunk_size=int(spec.get("chunk_size") or DEFAULT_CHUNK_SIZE),
                          log=lambda message: print(message, flush=True))
             shard_report = {"shard": {"index": index, "count": count},

@@ -30,3 +30,9 @@ def project(pytester: pytest.Pytester) -> pytest.Pytester:
     shutil.copytree(SUITES / "tasks", pytester.path / "suites" / "tasks")
     shutil.copytree(SUITES / "data", pytester.path / "suites" / "data")
     return pytester
+
+
+@pytest.fixture(autouse=True)
+def _no_step_summary(monkeypatch: pytest.MonkeyPatch) -> None:
+    # the suites that tests run in-process must not append to a real CI job's summary
+    monkeypatch.delenv("GITHUB_STEP_SUMMARY", raising=False)
