@@ -53,6 +53,27 @@ def pytest_addoption(parser: pytest.Parser) -> None:
     group.addoption("--disteval-fake-gpus", dest="disteval_fake_gpus", metavar="SPEC",
                     help="Plan for a GPU inventory this host lacks, e.g. 8x80GiB or "
                          "8x80GiB:H100/4 (NVLink domains of 4)")
+    group.addoption("--disteval-doctor", dest="disteval_doctor", action="store_true",
+                    default=False,
+                    help="Print the preflight checks (GPUs, driver, NCCL, backends, "
+                         "interconnect, disk, offline models and datasets) and exit; "
+                         "run nothing")
+    group.addoption("--disteval-limit", dest="disteval_limit", metavar="N",
+                    help="Quick look: at most N documents per task entry; results are marked "
+                         "partial and thresholds get a 2 x stderr tolerance (default: no cap)")
+    group.addoption("--disteval-dtype", dest="disteval_dtype", metavar="DTYPE",
+                    help="dtype for every model (overrides suites): auto, float32, float16, "
+                         "bfloat16")
+    group.addoption("--disteval-batch-size", dest="disteval_batch_size", metavar="N",
+                    help="Batch size for every model (overrides suites): N, auto or auto:N")
+    group.addoption("--disteval-model-args", dest="disteval_model_args", metavar="K=V,...",
+                    help="Backend options merged into every model's model_args (overrides "
+                         "suites), e.g. gpu_memory_utilization=0.8")
+    for name, text in (("limit", "Documents per task entry, at most (quick look)"),
+                       ("dtype", "dtype for every model"),
+                       ("batch_size", "Batch size for every model"),
+                       ("model_args", "key=value,... merged into every model's model_args")):
+        parser.addini(f"disteval_{name}", text, default="")
     for name, text in (("dir", "Directory for the result store, results and logs"),
                        ("cache", "Reuse stored results (true/false)"),
                        ("timeout", "Wall-time limit of one job's worker"),
