@@ -426,7 +426,7 @@ def _group_link(key: str, group: list[GPU], inv: Inventory, tp: int) -> Check:
            "the PCIe boundary (--pp)")
     if None in domains:
         return Check(name, WARN if tp > 1 else PASS,
-                     f"GPUs {gpus}: interconnect unknown (NVML reports no topology)",
+                     f"GPUs {gpus}: interconnect unknown (the inventory reports no topology)",
                      "check nvidia-smi topo -m" if tp > 1 else "")
     if len(domains) > 1:
         return Check(name, WARN if tp > 1 else PASS,

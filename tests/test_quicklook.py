@@ -25,8 +25,8 @@ def two_models(project: pytest.Pytester, demo: Demo) -> None:
     # weak scores 0.15 +- 0.08 on the first 20 documents: 0.25 is missed by less than
     # 2 stderr, so it passes under the limit's tolerance and fails without it
     write_suite(project, "quick", "disteval: 1\ninclude: [tasks]\nmodels:\n"
-                + model_block("good", demo.good, extra="tasks:\n  - task: arith_mc\n"
-                              "    thresholds: {acc: 0.9}\n")
+                + model_block("good", demo.good, extra="budgets: {wall_time: 10m}\n"
+                              "tasks:\n  - task: arith_mc\n    thresholds: {acc: 0.9}\n")
                 + model_block("weak", demo.weak, extra="tasks:\n  - task: arith_mc\n"
                               "    thresholds: {acc: 0.25}\n"))
 
@@ -43,13 +43,16 @@ def test_a_limited_run_is_partial_everywhere_and_never_answers_a_full_one(
     two_models(project, demo)
     base = project.path / ".disteval"
     result = project.runpytest_subprocess("suites", "--disteval-limit", "20",
-                                          "--junitxml=quick.xml")
-    result.assert_outcomes(passed=2)
+                                          "--junitxml=quick.xml", "-rs")
+    # a budget is about the whole job: a quick look skips it
+    result.assert_outcomes(passed=2, skipped=1)
     result.stdout.fnmatch_lines([
         "good *arith_mc *acc *1.0000 ± 0.0000 *acc >= 0.9000 *PASS *20 (limit) *",
         "weak *arith_mc *acc *0.1500 ± 0.0819 *acc >= 0.2500 (tol 2σ) *PASS *20 (limit) *",
         "warning: weak arith_mc: n=20 documents (limit); stderr up to ±0.0819; thresholds are "
         "checked within their tolerance (2 x stderr unless the suite set one)",
+        "SKIPPED ?1? suites/quick.yaml:*: --disteval-limit 20: a budget is measured on the "
+        "whole job; run without the limit to check it",
     ])
     (weak,) = [p for name, p in junit_properties(project.path / "quick.xml").items()
                if "weak" in name]
@@ -63,7 +66,7 @@ def test_a_limited_run_is_partial_everywhere_and_never_answers_a_full_one(
 
     # the full run is not answered from the limited one's store entry
     result = project.runpytest_subprocess("suites", "-k", "good")
-    result.assert_outcomes(passed=1)
+    result.assert_outcomes(passed=2)
     result.stdout.fnmatch_lines(["good *arith_mc *acc *1.0000 ± 0.0000 *acc >= 0.9000 *PASS "
                                  "*200 *"])
     assert "(cached)" not in result.stdout.str() and "(limit)" not in result.stdout.str()
