@@ -38,6 +38,8 @@ EXIT_PREFLIGHT = 6
 # below this much free space where caches, results or offload go: warn
 DISK_WARN_BYTES = 10 * 2**30
 NCCL_TIMEOUT_S = 60.0
+# a GPU with less than this share of its memory free is used by someone else: warn
+BUSY_FREE_SHARE = 0.9
 # the distribution that carries each backend's version (the module name may differ)
 BACKEND_DISTRIBUTIONS = {"hf": ("transformers", "accelerate"), "vllm": ("vllm",),
                          "sglang": ("sglang",), "nemo_lm": ("nemo_toolkit",)}
@@ -131,8 +133,17 @@ class Doctor:
             return inv, Check("gpus", FAIL, f"{len(inv.gpus())} visible ({inv.source}), none "
                               f"granted ({source}){seen}",
                               "unset CUDA_VISIBLE_DEVICES or ask for GPUs with --gpus N")
-        return inv, Check("gpus", PASS, f"{len(granted)} of {len(inv.gpus())} visible GPUs "
-                          f"used ({source}; {names}){seen}")
+        text = (f"{len(granted)} of {len(inv.gpus())} visible GPUs used ({source}; "
+                f"{names}){seen}")
+        # memory taken before the run (another process, a stale worker) unbalances groups
+        busy = [g for g in granted if g.free_memory < BUSY_FREE_SHARE * g.total_memory]
+        if busy:
+            taken = ", ".join(f"GPU {g.index} has {format_size(g.free_memory)} of "
+                              f"{format_size(g.total_memory)} free" for g in busy)
+            return inv, Check("gpus", WARN, f"{text}; {taken}",
+                              "see nvidia-smi for the other processes, or leave those GPUs "
+                              "out (--gpu-ids, CUDA_VISIBLE_DEVICES)")
+        return inv, Check("gpus", PASS, text)
 
     def _nvml(self) -> Any:
         return self.nvml if self.nvml is not None else _import_pynvml()

@@ -95,6 +95,23 @@ def test_a_healthy_gpu_machine_passes_and_a_pcie_tp_group_warns(tmp_path: Path,
     assert checks["model"].status == PASS and checks["dataset arith_mc"].status == PASS
 
 
+def test_a_gpu_whose_memory_is_taken_before_the_run_warns(tmp_path: Path,
+                                                         monkeypatch: pytest.MonkeyPatch) -> None:
+    class Busy(DriverNvml):
+        def nvmlDeviceGetMemoryInfo(self, handle: int) -> Any:
+            class Memory:
+                total = 80 * GiB
+                free = 20 * GiB if handle == 2 else 80 * GiB
+
+            return Memory()
+
+    monkeypatch.setitem(sys.modules, "pynvml", Busy(count=4))
+    monkeypatch.delenv("CUDA_VISIBLE_DEVICES", raising=False)
+    check = by_name(Doctor(scheduler(tmp_path), probe=nccl_ok).run())["gpus"]
+    assert check.status == WARN
+    assert "GPU 2 has 20 GiB of 80 GiB free" in check.detail and "nvidia-smi" in check.fix
+
+
 def test_torch_built_for_a_newer_cuda_than_the_driver_fails(tmp_path: Path,
                                                             nvml: DriverNvml) -> None:
     nvml.cuda = 11080
