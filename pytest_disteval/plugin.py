@@ -93,6 +93,9 @@ def pytest_configure(config: pytest.Config) -> None:
     config.addinivalue_line("markers", "budget: a budget item of a suite")
     config.addinivalue_line("markers", "gpu_group(size): the size of the group the gpu_group "
                                        "fixture leases to the test (default 1)")
+    if config.getoption("disteval_doctor") and getattr(config.option, "dist", "no") != "no":
+        # the doctor prints here and runs nothing: no xdist workers (xdist configures later)
+        config.option.dist, config.option.tx = "no", []
     resolved = settings_mod.resolve(config)
     config.stash[SETTINGS] = resolved
     config.stash[SCHEDULER] = JobScheduler(resolved)

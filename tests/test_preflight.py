@@ -52,6 +52,10 @@ def test_doctor_prints_the_checks_and_runs_nothing(project: pytest.Pytester,
     ])
     assert result.ret == 0 and nothing_ran(base)
     assert "passed in" not in result.stdout.str()  # no item ran
+    # with -n the doctor still runs here, and distributes nothing
+    result = project.runpytest_subprocess("suites", "--disteval-doctor", "-n", "2")
+    result.stdout.fnmatch_lines(["*= disteval doctor =*", "* passed, 0 warnings, 0 failed"])
+    assert result.ret == 0 and "created:" not in result.stdout.str()
 
     suite(project, HUB_MODEL)
     result = project.runpytest_subprocess("suites", "--disteval-doctor")
@@ -78,6 +82,13 @@ def test_a_failing_check_stops_a_gpu_run_before_any_worker(project: pytest.Pytes
     result.stdout.fnmatch_lines(["*Exit: disteval preflight: 1 check(s) failed (model "
                                  "suites/s.yaml::hubby); no model was loaded*"])
     assert nothing_ran(base)  # not even the good model's worker started
+    # under xdist a worker cannot stop the session: its jobs fail with the check instead
+    result = project.runpytest_subprocess("suites", "--disteval-fake-gpus", "2x80GiB",
+                                          "-n", "2")
+    result.assert_outcomes(failed=2)
+    result.stdout.fnmatch_lines(["*disteval preflight: 1 check(s) failed (model "
+                                 "suites/s.yaml::hubby); no model was loaded*"])
+    assert nothing_ran(base)
     # a CPU run does not check (nothing loads on a GPU); the good model runs there
     result = project.runpytest_subprocess("suites", "--gpus", "0", "-k", "good",
                                           "--collect-only", "-q")
