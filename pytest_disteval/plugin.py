@@ -62,13 +62,13 @@ def pytest_addoption(parser: pytest.Parser) -> None:
                     help="Quick look: at most N documents per task entry; results are marked "
                          "partial and thresholds get a 2 x stderr tolerance (default: no cap)")
     group.addoption("--disteval-dtype", dest="disteval_dtype", metavar="DTYPE",
-                    help="dtype for every model (overrides suites): auto, float32, float16, "
-                         "bfloat16")
+                    help="The dtype of every model: auto, float32, float16 or bfloat16 "
+                         "(default: each suite's)")
     group.addoption("--disteval-batch-size", dest="disteval_batch_size", metavar="N",
-                    help="Batch size for every model (overrides suites): N, auto or auto:N")
+                    help="Batch size for every model: N, auto or auto:N (default: each suite's)")
     group.addoption("--disteval-model-args", dest="disteval_model_args", metavar="K=V,...",
-                    help="Backend options merged into every model's model_args (overrides "
-                         "suites), e.g. gpu_memory_utilization=0.8")
+                    help="Backend options merged into every model's model_args, e.g. "
+                         "gpu_memory_utilization=0.8 (default: none)")
     for name, text in (("limit", "Documents per task entry, at most (quick look)"),
                        ("dtype", "dtype for every model"),
                        ("batch_size", "Batch size for every model"),
