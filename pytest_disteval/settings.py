@@ -5,10 +5,12 @@ Every validator says where a bad value came from, and raises pytest.UsageError.
 
 from __future__ import annotations
 
+import math
 import os
 import sys
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -32,6 +34,10 @@ class Settings:
     # run-wide --disteval-limit/-dtype/-batch-size/-model-args (overrides.py)
     overrides: overrides_mod.Overrides = overrides_mod.Overrides()
     doctor: bool = False  # --disteval-doctor: print the preflight checks, run nothing
+    # baselines (baseline.py): compare with one, save one, the tests' significance level
+    baseline: Path | None = None
+    save_baseline: Path | None = None
+    alpha: float = 0.05
 
     @property
     def store_dir(self) -> Path:
@@ -110,6 +116,7 @@ def resolve(config: pytest.Config) -> Settings:
         is_xdist_worker=hasattr(config, "workerinput"),
         overrides=_overrides(config),
         doctor=bool(config.getoption("disteval_doctor", False)),
+        **_baseline_options(config),
     )
 
 
@@ -124,6 +131,29 @@ def _overrides(config: pytest.Config) -> overrides_mod.Overrides:
         if value is not None:
             values[name] = parse(value, where)
     return overrides_mod.Overrides(**values)  # type: ignore[arg-type]
+
+
+def _baseline_options(config: pytest.Config) -> dict[str, Any]:
+    values: dict[str, Any] = {}
+    for name in ("baseline", "save_baseline"):
+        value, _ = _pick(config, f"disteval_{name}", f"disteval_{name}",
+                         f"DISTEVAL_{name.upper()}")
+        if value:
+            path = Path(str(value)).expanduser()
+            # relative to where pytest was started, as a shell user means it
+            values[name] = path if path.is_absolute() else Path(config.invocation_params.dir,
+                                                                  path)
+    alpha, where = _pick(config, "disteval_alpha", "disteval_alpha", "DISTEVAL_ALPHA")
+    if alpha is not None:
+        try:
+            number = float(str(alpha))
+        except ValueError:
+            number = math.nan
+        if not 0.0 < number < 1.0:
+            raise pytest.UsageError(f"{where}: {alpha!r} is not valid: a significance level "
+                                    "between 0 and 1, e.g. 0.05")
+        values["alpha"] = number
+    return values
 
 
 def _positive(value: object, where: str, *, allow_zero: bool = False,
