@@ -11,6 +11,7 @@ from typing import Any
 import pytest
 import yaml
 
+from . import overrides
 from .gates import Score, read_score
 from .gpus import GPU, Lease, make_groups
 from .jobs import EvalJob
@@ -78,6 +79,7 @@ class Disteval:
         text = yaml.safe_dump(suite, sort_keys=False)
         parsed = parse_suite(text, self._base / f"disteval-evaluate-{tag}.yaml", self._root,
                              require_thresholds=False)
+        overrides.apply(parsed, self._scheduler.settings.overrides)  # as suites get them
         spec = parsed.models[0]
         job = self._scheduler.job_for(EvalJob(spec, parsed), spec.tasks)
         outcome = self._scheduler.outcome(job)

@@ -15,11 +15,11 @@ from typing import Any
 
 import pytest
 
-from . import budgets
+from . import budgets, overrides
 from .gates import MissingMetric, Verdict, check_threshold, read_score
 from .jobs import EvalJob
 from .scheduler import JobOutcome, JobScheduler
-from .state import SCHEDULER
+from .state import SCHEDULER, SETTINGS
 from .suite import Budget, Loc, ModelSpec, Suite, SuiteError, TaskEntry, Threshold, load_suite
 
 
@@ -34,6 +34,8 @@ class DistevalFailure(Exception):
 class SuiteFile(pytest.File):
     def collect(self) -> Iterator[pytest.Item | pytest.Collector]:
         suite = load_suite(self.path, self.config.rootpath)
+        # --disteval-limit / -dtype / -batch-size / -model-args, before jobs see the models
+        overrides.apply(suite, self.config.stash[SETTINGS].overrides)
         self._check_marks(suite)
         for model in suite.models:
             yield ModelNode.from_parent(self, name=model.name, suite=suite, model=model)
@@ -214,6 +216,13 @@ class ThresholdItem(DistevalItem):
             ("margin", round(verdict.margin, 6)),
             ("defined_at", str(self.loc)),
         ])
+        if self.entry.limit is not None:
+            # a limited run scores part of the task: every report says so
+            self.user_properties.extend([("partial", True), ("limit", self.entry.limit)])
+            note = overrides.small_n_note(score.n, score.stderr, t.tolerance)
+            if note is not None:
+                self.user_properties.append(("limit_note", note))
+                verdict.lines.append(f"warning: {note}")
         self.fail_verdict(verdict)
 
 
@@ -235,6 +244,11 @@ class BudgetItem(DistevalItem):
         self.user_properties.extend([("budget", kind), ("unit", spec.unit)])
         if self.entry is not None:
             self.user_properties.append(("task", self.entry.name))
+        limit = self.config.stash[SETTINGS].overrides.limit
+        if limit is not None:
+            # a quick look runs part of each task: what it measures says nothing of the job's
+            pytest.skip(f"--disteval-limit {limit}: a budget is measured on the whole job; "
+                        "run without the limit to check it")
         outcome = self.outcome()
         what = f"budget {kind}" + (f" of {self.entry.name}" if self.entry else "")
         if outcome.failure is not None and (self.entry is None

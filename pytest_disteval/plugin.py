@@ -53,6 +53,22 @@ def pytest_addoption(parser: pytest.Parser) -> None:
     group.addoption("--disteval-fake-gpus", dest="disteval_fake_gpus", metavar="SPEC",
                     help="Plan for a GPU inventory this host lacks, e.g. 8x80GiB or "
                          "8x80GiB:H100/4 (NVLink domains of 4)")
+    group.addoption("--disteval-doctor", dest="disteval_doctor", action="store_true",
+                    default=False,
+                    help="Print the preflight checks (GPUs, driver, NCCL, backends, "
+                         "interconnect, disk, offline models and datasets) and exit; "
+                         "run nothing")
+    group.addoption("--disteval-limit", dest="disteval_limit", metavar="N",
+                    help="Quick look: at most N documents per task entry; results are marked "
+                         "partial and thresholds get a 2 x stderr tolerance (default: no cap)")
+    group.addoption("--disteval-dtype", dest="disteval_dtype", metavar="DTYPE",
+                    help="The dtype of every model: auto, float32, float16 or bfloat16 "
+                         "(default: each suite's)")
+    group.addoption("--disteval-batch-size", dest="disteval_batch_size", metavar="N",
+                    help="Batch size for every model: N, auto or auto:N (default: each suite's)")
+    group.addoption("--disteval-model-args", dest="disteval_model_args", metavar="K=V,...",
+                    help="Backend options merged into every model's model_args, e.g. "
+                         "gpu_memory_utilization=0.8 (default: none)")
     group.addoption("--disteval-baseline", dest="disteval_baseline", metavar="PATH",
                     help="Compare with the baseline file PATH: a regression item per threshold "
                          "metric (and per metric under a task entry's 'regression' key)")
@@ -61,6 +77,11 @@ def pytest_addoption(parser: pytest.Parser) -> None:
                          "baseline file PATH")
     group.addoption("--disteval-alpha", dest="disteval_alpha", metavar="P",
                     help="Significance level of the regression tests (default: 0.05)")
+    for name, text in (("limit", "Documents per task entry, at most (quick look)"),
+                       ("dtype", "dtype for every model"),
+                       ("batch_size", "Batch size for every model"),
+                       ("model_args", "key=value,... merged into every model's model_args")):
+        parser.addini(f"disteval_{name}", text, default="")
     for name, text in (("baseline", "Baseline file to compare with"),
                        ("save_baseline", "Baseline file to write"),
                        ("alpha", "Significance level of the regression tests")):
@@ -102,6 +123,9 @@ def pytest_configure(config: pytest.Config) -> None:
     config.addinivalue_line("markers", "regression: a score compared with a baseline file")
     config.addinivalue_line("markers", "gpu_group(size): the size of the group the gpu_group "
                                        "fixture leases to the test (default 1)")
+    if config.getoption("disteval_doctor") and getattr(config.option, "dist", "no") != "no":
+        # the doctor prints here and runs nothing: no xdist workers (xdist configures later)
+        config.option.dist, config.option.tx = "no", []
     resolved = settings_mod.resolve(config)
     config.stash[SETTINGS] = resolved
     config.stash[SCHEDULER] = JobScheduler(resolved)

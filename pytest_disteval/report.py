@@ -60,14 +60,32 @@ class SummaryTable:
                 timing += " (cached)"
             bound = re.sub(r" \(tolerance (\S+) x stderr = \S+\)", r" (tol \1σ)",
                            str(row.get("bound", "-")))
+            n = str(row.get("n_samples", "") or "-")
+            if row.get("partial"):
+                n += " (limit)"  # a quick look (--disteval-limit or the suite's limit)
             table.append((str(row.get("model", "")), task, metric.removesuffix(",none"), value,
-                          bound, result,
-                          str(row.get("n_samples", "") or "-"), timing))
+                          bound, result, n, timing))
         widths = [max(len(header[i]), *(len(r[i]) for r in table)) for i in range(len(header))]
         def line(cells: tuple[str, ...]) -> str:
             return "  ".join(c.ljust(w) for c, w in zip(cells, widths, strict=True)).rstrip()
 
-        return [line(header), line(tuple("-" * w for w in widths)), *map(line, table)]
+        return [line(header), line(tuple("-" * w for w in widths)), *map(line, table),
+                *self._small_n_warnings()]
+
+    def _small_n_warnings(self) -> list[str]:
+        """One line per task entry scored on few documents (items carry ``limit_note``)."""
+        by_task: dict[str, list[dict[str, Any]]] = {}
+        for row in self.rows:
+            if row.get("limit_note"):
+                by_task.setdefault(f"{row.get('model', '')} {row.get('task', '')}", []).append(row)
+        lines = []
+        for task, rows in sorted(by_task.items()):
+            errors = [r["stderr"] for r in rows if isinstance(r.get("stderr"), float)]
+            worst = f"±{max(errors):.4f}" if errors else "N/A"
+            lines.append(f"warning: {task}: n={rows[0].get('n_samples')} documents (limit); "
+                         f"stderr up to {worst}; thresholds are checked within their tolerance "
+                         "(2 x stderr unless the suite set one)")
+        return lines
 
 
 def _measured(value: Any, unit: str) -> str:

@@ -118,6 +118,7 @@ class JobScheduler:
         self._gpu: dict[str, list[dict[str, Any]]] = {}  # NVML summaries per job
         self._used: dict[str, list[list[GPU]]] = {}  # the groups each job's replicas ran on
         self._inventory_loaded = False
+        self.preflight_failure: str | None = None  # set when a check failed (doctor.py)
         self._inventory_value: Inventory | None = None
         self.leases = LeaseManager(os.environ.get("PYTEST_DISTEVAL_LOCK_DIR")
                                    or settings.base_dir / "leases"
@@ -166,6 +167,8 @@ class JobScheduler:
     # -- running ---------------------------------------------------------------
 
     def _run(self, job: EvalJob) -> JobOutcome:
+        if self.preflight_failure is not None:  # an xdist worker's failed preflight
+            return JobOutcome(job, {}, set(), JobFailure(self.preflight_failure), None, None)
         plan_failure = self._plan_failure(job)
         if plan_failure is not None:
             return JobOutcome(job, {}, set(), plan_failure, None, None)
@@ -554,8 +557,12 @@ class JobScheduler:
             "disteval": {"version": __version__, "suite": str(job.suite.path),
                          "model_key": job.model_key,
                          "entries": {name: {"settings": e["settings"], "key": e["entry_key"],
-                                            "computed_at": e["computed_at"]}
+                                            "computed_at": e["computed_at"],
+                                            "partial": e["settings"].get("limit") is not None}
                                      for name, e in entries.items()},
+                         # a limit scores part of a task: such results are not the task's
+                         "partial": any(e["settings"].get("limit") is not None
+                                        for e in entries.values()),
                          "job": record},
         }
         if record is not None:

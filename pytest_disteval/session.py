@@ -33,6 +33,7 @@ class DistevalSession:
         self.written: list[tuple[str, str]] = []  # (what, path) of the reports written
         self.progress_fd = self._progress_fd(config)
         self.started = time.time()
+        self.doctor_failed: bool | None = None  # set by --disteval-doctor
 
     @staticmethod
     def _progress_fd(config: pytest.Config) -> int | None:
@@ -83,6 +84,48 @@ class DistevalSession:
                 item.job = scheduler.job_for(item.job, entries)
         if self.config.stash[SETTINGS].plan_only:
             self._print_plan(scheduler)
+        if self.config.stash[SETTINGS].doctor:
+            self._doctor(scheduler)
+
+    def _doctor(self, scheduler: JobScheduler) -> None:
+        # --disteval-doctor: every check, printed; the exit status says if one failed
+        from . import doctor
+
+        checks = doctor.Doctor(scheduler).run()
+        self.doctor_failed = any(c.status == doctor.FAIL for c in checks)
+        reporter = self.config.pluginmanager.get_plugin("terminalreporter")
+        if reporter is not None:
+            reporter.write_sep("=", "disteval doctor")
+            for line in doctor.render(checks):
+                reporter.write_line(line)
+            reporter.write_line(doctor.counts(checks))
+
+    def _preflight(self, session: pytest.Session) -> None:
+        """The checks a run on GPUs needs, before any worker starts; CPU runs skip them."""
+        from . import doctor
+
+        scheduler = self.config.stash[SCHEDULER]
+        try:
+            plans = scheduler.plan_all()
+        except (NoGPUError, ValueError):
+            plans = {}
+        if not any(p.groups and p.groups[0] for p in plans.values()) and not (
+                self.config.stash[SETTINGS].gpu.gpus not in (None, 0, "all")
+                or self.config.stash[SETTINGS].gpu.gpu_ids):
+            return  # nothing runs on a GPU: nothing to check, and it stays free
+        checks = doctor.Doctor(scheduler, preflight=True).run()
+        reporter = self.config.pluginmanager.get_plugin("terminalreporter")
+        if reporter is not None:
+            reporter.write_sep("-", f"disteval preflight: {doctor.counts(checks)}")
+            for line in doctor.render(checks, only_problems=True):
+                reporter.write_line(line)
+        if any(c.status == doctor.FAIL for c in checks):
+            if self.config.stash[SETTINGS].is_xdist_worker:
+                # a worker cannot stop the controller's session: its jobs fail instead
+                scheduler.preflight_failure = doctor.failure_message(checks)
+            else:
+                pytest.exit(doctor.failure_message(checks, listed=reporter is not None),
+                            returncode=doctor.EXIT_PREFLIGHT)
 
     def _print_plan(self, scheduler: JobScheduler) -> None:
         reporter = self.config.pluginmanager.get_plugin("terminalreporter")
@@ -108,8 +151,10 @@ class DistevalSession:
         # a broken suite is one collection error; the other suites still run
         if self.suite_errors and session.testsfailed == self.suite_errors:
             session.config.option.continue_on_collection_errors = True
-        if self.config.stash[SETTINGS].plan_only:
-            return True  # the plan is printed; nothing runs
+        if self.config.stash[SETTINGS].plan_only or self.config.stash[SETTINGS].doctor:
+            return True  # the plan or the checks are printed; nothing runs
+        if not session.config.option.collectonly and session.items:
+            self._preflight(session)
         if not session.config.option.collectonly:
             # with GPUs, jobs start now, side by side on free groups
             self.config.stash[SCHEDULER].prefetch()
@@ -130,6 +175,10 @@ class DistevalSession:
 
     @pytest.hookimpl(trylast=True)
     def pytest_sessionfinish(self, session: pytest.Session, exitstatus: int) -> None:
+        if self.doctor_failed is not None:
+            # --disteval-doctor: the collected items never ran, the checks decide
+            session.exitstatus = 1 if self.doctor_failed else 0
+            return
         settings = self.config.stash[SETTINGS]
         if settings.is_xdist_worker or settings.plan_only or self.config.option.collectonly:
             return  # the controller writes the reports, once

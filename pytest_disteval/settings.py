@@ -14,6 +14,7 @@ from typing import Any
 
 import pytest
 
+from . import overrides as overrides_mod
 from .planner import GpuOptions
 from .units import parse_duration
 
@@ -39,6 +40,9 @@ class Settings:
     gpu: GpuOptions = GpuOptions()
     plan_only: bool = False  # --disteval-plan: print the plan, run nothing
     is_xdist_worker: bool = False
+    # run-wide --disteval-limit/-dtype/-batch-size/-model-args (overrides.py)
+    overrides: overrides_mod.Overrides = overrides_mod.Overrides()
+    doctor: bool = False  # --disteval-doctor: print the preflight checks, run nothing
     # baselines (baseline.py): compare with one, save one, the tests' significance level
     baseline: Path | None = None
     save_baseline: Path | None = None
@@ -121,8 +125,23 @@ def resolve(config: pytest.Config) -> Settings:
         plan_only=bool(config.getoption("disteval_plan")),
         is_xdist_worker=hasattr(config, "workerinput"),
         reports=_report_options(config, base_dir),
+        overrides=_overrides(config),
+        doctor=bool(config.getoption("disteval_doctor", False)),
         **_baseline_options(config),
     )
+
+
+def _overrides(config: pytest.Config) -> overrides_mod.Overrides:
+    values: dict[str, object] = {}
+    for name, parse in (("limit", overrides_mod.parse_limit),
+                        ("dtype", overrides_mod.parse_dtype),
+                        ("batch_size", overrides_mod.parse_batch_size),
+                        ("model_args", overrides_mod.parse_model_args)):
+        value, where = _pick(config, f"disteval_{name}", f"disteval_{name}",
+                             f"DISTEVAL_{name.upper()}")
+        if value is not None:
+            values[name] = parse(value, where)
+    return overrides_mod.Overrides(**values)  # type: ignore[arg-type]
 
 
 def _baseline_options(config: pytest.Config) -> dict[str, Any]:
