@@ -53,6 +53,12 @@ def pytest_addoption(parser: pytest.Parser) -> None:
     group.addoption("--disteval-fake-gpus", dest="disteval_fake_gpus", metavar="SPEC",
                     help="Plan for a GPU inventory this host lacks, e.g. 8x80GiB or "
                          "8x80GiB:H100/4 (NVLink domains of 4)")
+    group.addoption("--disteval-executor", dest="disteval_executor", metavar="NAME",
+                    help="Where workers run: local (subprocesses on this host) or ray "
+                         "(actors on a Ray cluster, GPUs from Ray) (default: local)")
+    group.addoption("--ray-address", dest="ray_address", metavar="ADDRESS",
+                    help="Ray cluster for --disteval-executor ray: auto, ray://host:port or "
+                         "host:port (default: $RAY_ADDRESS, else a local Ray instance)")
     for name, text in (("dir", "Directory for the result store, results and logs"),
                        ("cache", "Reuse stored results (true/false)"),
                        ("timeout", "Wall-time limit of one job's worker"),
@@ -62,6 +68,9 @@ def pytest_addoption(parser: pytest.Parser) -> None:
                        ("pp", "Pipeline parallel size"), ("dp", "Replicas per job"),
                        ("pack", "Replicas per group")):
         parser.addini(f"disteval_{name}", text, default="")
+    # the executor's keys (docs/multi-node.md)
+    parser.addini("disteval_executor", "Where workers run: local or ray", default="")
+    parser.addini("disteval_ray_address", "Ray cluster address for the ray executor", default="")
 
 
 def pytest_configure(config: pytest.Config) -> None:

@@ -28,6 +28,8 @@ class Settings:
     gpu: GpuOptions = GpuOptions()
     plan_only: bool = False  # --disteval-plan: print the plan, run nothing
     is_xdist_worker: bool = False
+    executor: str = "local"  # "local" (subprocesses here) or "ray" (actors on a cluster)
+    ray_address: str | None = None  # None: a local Ray instance
 
     @property
     def store_dir(self) -> Path:
@@ -104,7 +106,32 @@ def resolve(config: pytest.Config) -> Settings:
         gpu=_gpu_options(config),
         plan_only=bool(config.getoption("disteval_plan")),
         is_xdist_worker=hasattr(config, "workerinput"),
+        **_executor_options(config),  # type: ignore[arg-type]
     )
+
+
+EXECUTORS = ("local", "ray")
+
+
+def _executor_options(config: pytest.Config) -> dict[str, str | None]:
+    value, where = _pick(config, "disteval_executor", "disteval_executor", "DISTEVAL_EXECUTOR")
+    executor = "local" if value is None else str(value).strip().lower()
+    if executor not in EXECUTORS:
+        raise pytest.UsageError(f"{where}: {value!r} is not valid: one of "
+                                f"{', '.join(EXECUTORS)}")
+    address, _ = _pick(config, "ray_address", "disteval_ray_address", "RAY_ADDRESS")
+    if executor == "ray":
+        from .executors.ray import INSTALL_HINT, ray_available
+
+        if not ray_available():
+            raise pytest.UsageError(f"{where}: the ray executor needs Ray, which is not "
+                                    f"installed; install it with: {INSTALL_HINT}")
+        if config.getoption("disteval_fake_gpus"):
+            raise pytest.UsageError("--disteval-fake-gpus cannot be combined with "
+                                    f"{where} 'ray': the GPUs are the Ray cluster's (declare "
+                                    "logical ones with: ray start --head --num-gpus N)")
+    return {"executor": executor,
+            "ray_address": str(address).strip() if address not in (None, "") else None}
 
 
 def _positive(value: object, where: str, *, allow_zero: bool = False,

@@ -131,7 +131,9 @@ def run(spec: dict[str, Any]) -> dict[str, Any]:
                             "model_key": spec["model_key"], "responses": spec["responses"],
                             "complete": False, "runs": [], "requests_executed": 0,
                             "requests_in_shard": 0, "already_stored": 0, "tokens": 0.0,
-                            "seconds": 0.0}
+                            "seconds": 0.0,
+                            # the GPUs as this worker sees them (Ray or a lease set them)
+                            "cuda_visible_devices": os.environ.get("CUDA_VISIBLE_DEVICES")}
         else:
             # the model is not needed: every answer comes from the store. Multimodal
             # tasks pass lm-eval's check: the shards' real LM already passed it
