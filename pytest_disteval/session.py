@@ -109,7 +109,10 @@ def _executor_lines(scheduler: JobScheduler, groups: list[Any] | None = None) ->
     executor = scheduler.executor
     if not isinstance(executor, RayExecutor):
         return []
-    if groups is None:
-        return executor.describe_cluster()
+    try:
+        if groups is None:
+            return executor.describe_cluster()
+    except NoGPUError as exc:
+        return [f"executor: ray; {exc}"]
     inv = scheduler.inventory()
     return executor.describe_groups(groups, inv if isinstance(inv, RayInventory) else None)

@@ -9,6 +9,7 @@ import os
 import sys
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -106,14 +107,14 @@ def resolve(config: pytest.Config) -> Settings:
         gpu=_gpu_options(config),
         plan_only=bool(config.getoption("disteval_plan")),
         is_xdist_worker=hasattr(config, "workerinput"),
-        **_executor_options(config),  # type: ignore[arg-type]
+        **_executor_options(config),
     )
 
 
 EXECUTORS = ("local", "ray")
 
 
-def _executor_options(config: pytest.Config) -> dict[str, str | None]:
+def _executor_options(config: pytest.Config) -> dict[str, Any]:
     value, where = _pick(config, "disteval_executor", "disteval_executor", "DISTEVAL_EXECUTOR")
     executor = "local" if value is None else str(value).strip().lower()
     if executor not in EXECUTORS:

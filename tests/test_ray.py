@@ -74,7 +74,7 @@ def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
             time.sleep(0.5)
         yield f"127.0.0.1:{port}"
     finally:
-        for sig, wait in ((signal.SIGTERM, 15), (signal.SIGKILL, 5)):
+        for sig, wait in ((signal.SIGTERM, 3), (signal.SIGKILL, 5)):
             try:
                 os.killpg(head.pid, sig)
             except ProcessLookupError:
@@ -85,10 +85,30 @@ def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
                 pass
 
 
-def _suite(project: pytest.Pytester, demo: Demo) -> None:
+def _suite_text(demo: Demo) -> str:
     # the untrained model: scores away from 0 and 1, so a wrong shard would show
-    write_suite(project, "dp", "disteval: 1\ninclude: [tasks]\nmodels:\n"
-                + model_block("weak", demo.weak, extra="timeout: 5m\n") + TASKS)
+    return ("disteval: 1\ninclude: [tasks]\nmodels:\n"
+            + model_block("weak", demo.weak, extra="timeout: 5m\n") + TASKS)
+
+
+def _suite(project: pytest.Pytester, demo: Demo) -> None:
+    write_suite(project, "dp", _suite_text(demo))
+
+
+@pytest.fixture(scope="module")
+def local_scores(tmp_path_factory: pytest.TempPathFactory, demo: Demo) -> dict[str, object]:
+    """The suite's scores with the local executor, dp=1: what every Ray run must match."""
+    root = tmp_path_factory.mktemp("local")
+    for name in ("tasks", "data"):
+        shutil.copytree(ROOT / "suites" / name, root / "suites" / name)
+    (root / "suites" / "dp.yaml").write_text(_suite_text(demo), encoding="utf-8")
+    run = subprocess.run([sys.executable, "-m", "pytest", "-p", "no:cacheprovider", "suites",
+                          f"--disteval-dir={root / 'base'}", "--gpus", "0"],
+                         cwd=root, env=_env(), capture_output=True, text=True)
+    assert "2 passed" in run.stdout, run.stdout[-3000:]
+    scores = _results(root / "base")
+    assert 0 < scores["arith_mc"]["acc,none"] < 1  # type: ignore[index]
+    return scores
 
 
 def _command(base: Path, address: str, *args: str) -> list[str]:
@@ -123,7 +143,8 @@ def _shard_records(base: Path) -> dict[int, dict[str, object]]:
 @needs_ray
 @pytest.mark.slow
 def test_actors_get_disjoint_gpus_and_the_scores_of_a_local_dp1_run(
-        project: pytest.Pytester, demo: Demo, cluster: str) -> None:
+        project: pytest.Pytester, demo: Demo, cluster: str,
+        local_scores: dict[str, object]) -> None:
     _suite(project, demo)
     plan = subprocess.run(_command(project.path / "plan", cluster, "--tp", "2",
                                    "--disteval-plan"),
@@ -153,17 +174,14 @@ def test_actors_get_disjoint_gpus_and_the_scores_of_a_local_dp1_run(
         assert record["complete"] and record["already_stored"] == 0
     assert _records(base, "start")[-1]["mode"] == "score"  # scoring ran here, on the driver
 
-    local = project.path / "local"
-    project.runpytest("suites", f"--disteval-dir={local}", "--gpus", "0").assert_outcomes(
-        passed=2)
-    assert _results(base) == _results(local)
-    assert 0 < _results(local)["arith_mc"]["acc,none"] < 1  # type: ignore[index]
+    assert _results(base) == local_scores
 
 
 @needs_ray
 @pytest.mark.slow
 def test_an_actor_killed_mid_shard_is_replaced_and_nothing_stored_is_redone(
-        project: pytest.Pytester, demo: Demo, cluster: str) -> None:
+        project: pytest.Pytester, demo: Demo, cluster: str,
+        local_scores: dict[str, object]) -> None:
     _suite(project, demo)
     base = project.path / "killed"
     responses = base / "store" / "responses"
@@ -207,10 +225,7 @@ def test_an_actor_killed_mid_shard_is_replaced_and_nothing_stored_is_redone(
     assert executed == in_shard - streamed  # type: ignore[operator]
     log = next((base / "logs").glob("*shard0*.log")).read_text()
     assert "lost (ActorDiedError" in log and "responses it streamed are kept" in log
-    local = project.path / "local"
-    project.runpytest("suites", f"--disteval-dir={local}", "--gpus", "0").assert_outcomes(
-        passed=2)
-    assert _results(base) == _results(local)
+    assert _results(base) == local_scores
 
 
 def _count(store: Path) -> int:

@@ -26,7 +26,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-from ..gpus import GPU
+from ..gpus import GPU, NoGPUError
 from ..store import write_json_atomic
 from .base import WorkerTask
 from .local import WorkerRun, kill_all
@@ -42,6 +42,10 @@ _HOST_ONLY = {"CUDA_VISIBLE_DEVICES", "CUDA_DEVICE_ORDER", "PYTHONPATH"}
 _WORKER_VARS = {"HF_HUB_OFFLINE", "HF_DATASETS_OFFLINE", "TRANSFORMERS_OFFLINE",
                 "HF_EVALUATE_OFFLINE", "TOKENIZERS_PARALLELISM", "PYTHONUNBUFFERED",
                 "OMP_NUM_THREADS"}
+
+
+class RayConnectError(NoGPUError):
+    """The cluster cannot be reached: every job's items say so, with the address."""
 
 
 def ray_available() -> bool:
@@ -119,6 +123,7 @@ class RayExecutor:
         self._actors: dict[str, Any] = {}
         self._lock = threading.Lock()
         self._closed = False
+        self._connect_error: RayConnectError | None = None
 
     # -- the cluster -----------------------------------------------------------
 
@@ -127,6 +132,8 @@ class RayExecutor:
         with self._lock:
             if self._ray is not None:
                 return self._ray
+            if self._connect_error is not None:
+                raise self._connect_error  # once is enough: connecting takes ~20 s to fail
             import ray
 
             import pytest_disteval
@@ -140,9 +147,12 @@ class RayExecutor:
                 kwargs.update(include_dashboard=False)
             try:
                 ray.init(address=self.address, **kwargs)
-            except ConnectionError as exc:
-                raise RuntimeError(f"cannot connect to the Ray cluster at {self.address!r}: "
-                                   f"{exc}") from exc
+            except (ConnectionError, RuntimeError) as exc:
+                self._connect_error = RayConnectError(
+                    f"cannot connect to the Ray cluster at {self.address!r} (from "
+                    f"--ray-address or RAY_ADDRESS): {exc}; is `ray start --head` running "
+                    "there, and is this host's Ray version the cluster's?")
+                raise self._connect_error from exc
             from .ray_actor import GroupActor
 
             self._actor_class = ray.remote(GroupActor)
