@@ -6,6 +6,7 @@ Every validator says where a bad value came from, and raises pytest.UsageError.
 from __future__ import annotations
 
 import os
+import re
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -120,7 +121,7 @@ def _executor_options(config: pytest.Config) -> dict[str, Any]:
     if executor not in EXECUTORS:
         raise pytest.UsageError(f"{where}: {value!r} is not valid: one of "
                                 f"{', '.join(EXECUTORS)}")
-    address, _ = _pick(config, "ray_address", "disteval_ray_address", "RAY_ADDRESS")
+    address, where_address = _pick(config, "ray_address", "disteval_ray_address", "RAY_ADDRESS")
     if executor == "ray":
         from .executors.ray import INSTALL_HINT, ray_available
 
@@ -131,8 +132,11 @@ def _executor_options(config: pytest.Config) -> dict[str, Any]:
             raise pytest.UsageError("--disteval-fake-gpus cannot be combined with "
                                     f"{where} 'ray': the GPUs are the Ray cluster's (declare "
                                     "logical ones with: ray start --head --num-gpus N)")
-    return {"executor": executor,
-            "ray_address": str(address).strip() if address not in (None, "") else None}
+    text = str(address).strip() if address not in (None, "") else None
+    if text is not None and not re.fullmatch(r"auto|ray://\S+|[\w.\-\[\]:]+:\d+", text):
+        raise pytest.UsageError(f"{where_address}: {text!r} is not valid: auto, host:port "
+                                "(the head's GCS port, 6379 by default) or ray://host:port")
+    return {"executor": executor, "ray_address": text}
 
 
 def _positive(value: object, where: str, *, allow_zero: bool = False,

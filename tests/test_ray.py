@@ -261,6 +261,23 @@ def test_executor_values_are_checked(pytester: pytest.Pytester) -> None:
 
 
 @needs_ray
+def test_an_unreachable_cluster_fails_the_items_saying_where(
+        project: pytest.Pytester, demo: Demo) -> None:
+    _suite(project, demo)
+    port = _free_port()  # nobody listens there
+    result = project.runpytest("suites", f"--disteval-dir={project.path / 'base'}",
+                               "--disteval-executor", "ray", "--ray-address",
+                               f"127.0.0.1:{port}")
+    result.assert_outcomes(failed=2)
+    result.stdout.fnmatch_lines([f"*cannot lay out model 'weak': cannot connect to the Ray "
+                                 f"cluster at '127.0.0.1:{port}' (from --ray-address or "
+                                 f"RAY_ADDRESS): *; is `ray start --head --port={port}` "
+                                 "running on 127.0.0.1?"])
+    result = project.runpytest("--disteval-executor", "ray", "--ray-address", "headnode")
+    result.stderr.fnmatch_lines(["*--ray-address: 'headnode' is not valid: auto, host:port*"])
+
+
+@needs_ray
 def test_fake_gpus_and_ray_do_not_mix(pytester: pytest.Pytester) -> None:
     result = pytester.runpytest("--disteval-executor", "ray", "--disteval-fake-gpus", "4x80GiB")
     result.stderr.fnmatch_lines(["*--disteval-fake-gpus cannot be combined with "

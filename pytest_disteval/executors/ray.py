@@ -19,6 +19,7 @@ from __future__ import annotations
 import importlib.util
 import json
 import os
+import socket
 import sys
 import threading
 import time
@@ -110,6 +111,21 @@ def _host_gpu_memory() -> int:
     return min((g.total_memory for g in gpus), default=0)
 
 
+def _unreachable(address: str | None) -> RayConnectError | None:
+    """A host:port nobody listens on, found in seconds (Ray itself retries for minutes)."""
+    if not address or address == "auto" or "://" in address:
+        return None
+    host, _, port = address.rpartition(":")  # settings.py checked the form
+    host = host.strip("[]")
+    try:
+        socket.create_connection((host, int(port)), timeout=10).close()
+    except OSError as exc:
+        return RayConnectError(f"cannot connect to the Ray cluster at {address!r} (from "
+                               f"--ray-address or RAY_ADDRESS): {exc}; is `ray start --head "
+                               f"--port={port}` running on {host}?")
+    return None
+
+
 class RayExecutor:
     name = "ray"
     remote = True
@@ -133,7 +149,10 @@ class RayExecutor:
             if self._ray is not None:
                 return self._ray
             if self._connect_error is not None:
-                raise self._connect_error  # once is enough: connecting takes ~20 s to fail
+                raise self._connect_error  # once is enough: connecting takes long to fail
+            self._connect_error = _unreachable(self.address)
+            if self._connect_error is not None:
+                raise self._connect_error
             import ray
 
             import pytest_disteval
@@ -308,7 +327,12 @@ class RayExecutor:
             handle.write(json.dumps(record) + "\n")
 
     def kill_all(self) -> None:
-        """Kill every actor (their workers die with them) and local workers."""
+        """Kill every actor (their workers die with them) and local workers.
+
+        Only on Ctrl-C or at the end: a shard whose actor this kills must not take it
+        for a lost actor and start another.
+        """
+        self._closed = True
         with self._lock:
             names = list(self._actors)
         for name in names:
