@@ -204,8 +204,11 @@ def test_an_actor_killed_mid_shard_is_replaced_and_nothing_stored_is_redone(
             time.sleep(0.2)
         assert actor is not None and proc.poll() is None, "shard 0 never got going"
         assert not list(base.glob("runs/*/shard-0.json")), "shard 0 finished before the kill"
-        os.kill(int(json.loads(actor.read_text())["pid"]), signal.SIGKILL)  # the actor dies
+        placed = json.loads(actor.read_text())
+        os.kill(int(placed["pid"]), signal.SIGKILL)  # the actor dies, as on a lost node
         output = proc.communicate(timeout=300)[0].decode()
+        ps = subprocess.run(["ps", "-eo", "args"], capture_output=True, text=True).stdout
+        assert placed["dir"] not in ps, "the killed actor's worker outlived it"
     finally:
         if proc.poll() is None:
             proc.kill()

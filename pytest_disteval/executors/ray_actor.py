@@ -118,7 +118,8 @@ class GroupActor:
                 "node_id": context.get_node_id(),
                 "node_ip": ray.util.get_node_ip_address(),
                 "gpu_ids": [str(i) for i in ray.get_gpu_ids()],
-                "cuda_visible_devices": os.environ.get("CUDA_VISIBLE_DEVICES")}
+                "cuda_visible_devices": os.environ.get("CUDA_VISIBLE_DEVICES"),
+                "dir": str(self.dir)}
 
     def run(self, command: list[str], spec: dict[str, Any], env: dict[str, str],
             timeout: float | None, seed: list[Row],
