@@ -287,7 +287,7 @@ def test_fake_gpus_and_ray_do_not_mix(pytester: pytest.Pytester) -> None:
                                  "--disteval-executor 'ray': the GPUs are the Ray cluster's*"])
 
 
-def test_the_sbatch_script_is_valid_bash() -> None:
+def test_the_sbatch_and_gpu_scripts_are_valid_bash() -> None:
     script = ROOT / "examples" / "slurm" / "disteval.sbatch"
     bash = shutil.which("bash")
     assert bash is not None
@@ -297,3 +297,4 @@ def test_the_sbatch_script_is_valid_bash() -> None:
     for piece in ("#SBATCH --nodes", "ray start --head", "ray start --address",
                   "--disteval-executor ray", "--ray-address"):
         assert piece in text
+    subprocess.run([bash, "-n", str(ROOT / "examples" / "ray" / "gpu-check.sh")], check=True)

@@ -214,7 +214,7 @@ class RayExecutor:
     def run(self, task: WorkerTask) -> WorkerRun:
         """Run the task's worker in an actor; replace the actor if it is lost."""
         ray = self.connect()
-        from ray.exceptions import GetTimeoutError, RayActorError
+        from ray.exceptions import GetTimeoutError, RayActorError, RayError
 
         lost_errors: tuple[type[BaseException], ...] = (RayActorError,)
         for extra in ("WorkerCrashedError", "NodeDiedError", "ActorUnavailableError"):
@@ -284,6 +284,12 @@ class RayExecutor:
                               f"{first}); the {streamed} responses it streamed are kept, "
                               "the rest of its shard goes to a new actor\n")
                     log.flush()
+                except RayError as exc:
+                    # the actor's own code failed (not a loss): say so, do not retry here
+                    first = str(exc).strip().splitlines()[-1] if str(exc).strip() else ""
+                    log.write(f"\n[disteval] ray actor {name} failed: {exc}\n")
+                    return self._failed(task, f"the Ray actor failed: {first}", run_dir,
+                                        started)
                 finally:
                     self._drop(name)
         return self._failed(task, f"the Ray actor running this worker was lost "
