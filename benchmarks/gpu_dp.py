@@ -2,8 +2,8 @@
 
     python benchmarks/gpu_dp.py --rounds 2 --out results/
 
-Builds (once, in --work) a random-initialised 1.1B Llama-shaped checkpoint (hidden
-2048, 22 layers, vocab 32000, bf16; the demo's character tokenizer) and a local
+Builds (once, in --work) a random-initialised 1.1B Llama-shaped checkpoint (realistic.py: hidden
+2048, 22 layers, vocab 32000, bf16) and a local
 multiple-choice task of 1,000 documents with ~400-token contexts and 4 choices
 (4,000 loglikelihood requests): the reference job of ../shared/gpu/README.md. Scores
 are meaningless; times, memory and utilisation are real. Each round runs, in
@@ -22,8 +22,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import random
-import shutil
 import statistics
 import subprocess
 import sys
@@ -31,50 +29,8 @@ import threading
 import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
-TOKENIZER = ROOT / "demo" / "models" / "tiny-arith"
-
-
-def make_model(path: Path) -> None:
-    if (path / "config.json").exists():
-        return
-    import torch
-    from transformers import LlamaConfig, LlamaForCausalLM
-
-    torch.manual_seed(0)
-    config = LlamaConfig(hidden_size=2048, intermediate_size=5632, num_hidden_layers=22,
-                         num_attention_heads=32, num_key_value_heads=4, vocab_size=32000,
-                         max_position_embeddings=2048, bos_token_id=1, eos_token_id=2,
-                         pad_token_id=0, tie_word_embeddings=False)
-    with torch.device("cuda"):
-        model = LlamaForCausalLM(config).to(torch.bfloat16)
-    model.save_pretrained(path, safe_serialization=True)
-    for name in ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json"):
-        shutil.copy(TOKENIZER / name, path / name)
-
-
-def make_task(suite_dir: Path, docs: int = 1000, context_chars: int = 400) -> None:
-    rng = random.Random(0)
-    rows = []
-    for _ in range(docs):
-        lines = []
-        while sum(len(x) + 1 for x in lines) < context_chars:
-            a, b = rng.randrange(100), rng.randrange(100)
-            lines.append(f"{a}+{b}= {a + b}")
-        a, b = rng.randrange(100), rng.randrange(100)
-        answer = a + b
-        choices = [str(answer), str(answer + 1), str(answer + 10), str(max(0, answer - 1))]
-        rng.shuffle(choices)
-        rows.append({"context": "\n".join(lines) + f"\n{a}+{b}=", "choices": choices,
-                     "label": choices.index(str(answer))})
-    (suite_dir / "data").mkdir(parents=True, exist_ok=True)
-    (suite_dir / "data" / "bench.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
-    (suite_dir / "tasks").mkdir(exist_ok=True)
-    (suite_dir / "tasks" / "bench_mc.yaml").write_text(
-        "task: bench_mc\noutput_type: multiple_choice\ndataset_path: json\n"
-        "dataset_kwargs:\n  data_files:\n    test: data/bench.jsonl\ntest_split: test\n"
-        'doc_to_text: "{{context}}"\ndoc_to_choice: "{{choices}}"\ndoc_to_target: label\n'
-        "metric_list:\n  - metric: acc\n")
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from realistic import make_model, make_tasks  # noqa: E402
 
 
 def make_suite(suite_dir: Path, model: Path) -> Path:
@@ -162,8 +118,8 @@ def main() -> None:
     suite_dir = work / "suite"
     model = Path("/tmp/disteval-gpu-model/llama-1.1b")
     t0 = time.perf_counter()
-    make_model(model)
-    make_task(suite_dir, docs=args.docs)
+    make_model(model, "1.1b")
+    make_tasks(suite_dir, docs=args.docs, gen_docs=0)
     suite = make_suite(suite_dir, model)
     print(f"model and task ready in {time.perf_counter() - t0:.1f}s", flush=True)
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1",

@@ -8,4 +8,13 @@ from __future__ import annotations
 
 __version__ = "0.1.0"
 
-__all__ = ["__version__"]
+__all__ = ["DistevalImbalanceWarning", "__version__"]
+
+
+def __getattr__(name: str) -> object:
+    # lazily: the worker imports this package and needs none of pytest's machinery
+    if name == "DistevalImbalanceWarning":
+        from .budgets import DistevalImbalanceWarning
+
+        return DistevalImbalanceWarning
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

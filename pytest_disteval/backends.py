@@ -10,7 +10,7 @@ shard of the requests.
 from __future__ import annotations
 
 import importlib.util
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from .layout import Layout, LayoutError
@@ -29,6 +29,8 @@ class Backend:
     install_hint: str
     splits_heads: bool  # tp must divide the attention heads
     torchrun: bool  # one process per GPU of the group
+    # worker environment defaults (the user's own environment wins)
+    env: dict[str, str] = field(default_factory=dict)
 
     def available(self) -> bool:
         # find_spec does not import the package: collection and planning stay light
@@ -77,8 +79,10 @@ class Backend:
 BACKENDS: dict[str, Backend] = {
     "hf": Backend("hf", "hf", "transformers", "pip install 'pytest-disteval[hf]'",
                   splits_heads=False, torchrun=False),
+    # vLLM's engine processes must not fork a process that may already hold CUDA
     "vllm": Backend("vllm", "vllm", "vllm", "pip install vllm",
-                    splits_heads=True, torchrun=False),
+                    splits_heads=True, torchrun=False,
+                    env={"VLLM_WORKER_MULTIPROC_METHOD": "spawn"}),
     "sglang": Backend("sglang", "sglang", "sglang", "pip install 'sglang[all]'",
                       splits_heads=True, torchrun=False),
     "nemo_lm": Backend("nemo_lm", "nemo_lm", "nemo", "pip install 'nemo_toolkit[nlp]'",

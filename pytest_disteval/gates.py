@@ -11,8 +11,8 @@ import math
 from dataclasses import dataclass
 from typing import Any
 
+from . import budgets
 from .suite import Budget, Threshold
-from .units import format_duration
 
 
 @dataclass(frozen=True)
@@ -114,10 +114,7 @@ def check_threshold(threshold: Threshold, score: Score) -> Verdict:
     return Verdict(passed, required, margin, lines)
 
 
-def check_budget(budget: Budget, measured_s: float) -> Verdict:
-    passed = measured_s <= budget.limit
-    required = f"{budget.kind} <= {format_duration(budget.limit)}"
-    lines = [f"{budget.kind} = {format_duration(measured_s)}", f"required: {required}"]
-    if not passed:
-        lines.append(f"over by {format_duration(measured_s - budget.limit)}")
-    return Verdict(passed, required, budget.limit - measured_s, lines)
+def check_budget(budget: Budget, measured: float) -> Verdict:
+    """A budget's verdict (budgets.py knows each kind's unit and direction)."""
+    v = budgets.check(budget.kind, budget.limit, measured, budget.written)
+    return Verdict(v.passed, v.required, v.margin, v.lines)

@@ -1,19 +1,22 @@
 """Collection nodes: suite file -> model -> task -> threshold items; budgets per model.
 
-Node ids read ``suites/smoke.yaml::tiny-arith::arith_mc::acc`` and
-``suites/smoke.yaml::tiny-arith::wall_time``. Every item carries the marker
-``disteval(suite=, model=, backend=, task=, metric=, kind=)`` so ``-m`` can
-select on any of them, and the names are ``-k`` keywords.
+Node ids read ``suites/smoke.yaml::tiny-arith::arith_mc::acc``,
+``suites/smoke.yaml::tiny-arith::wall_time`` (a job's budget) and
+``suites/smoke.yaml::tiny-arith::arith_mc::task_time`` (a task entry's budget).
+Every item carries the marker ``disteval(suite=, model=, backend=, task=, metric=,
+kind=)`` so ``-m`` can select on any of them, and the names are ``-k`` keywords.
 """
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Iterator
 from typing import Any
 
 import pytest
 
-from .gates import MissingMetric, Verdict, check_budget, check_threshold, read_score
+from . import budgets
+from .gates import MissingMetric, Verdict, check_threshold, read_score
 from .jobs import EvalJob
 from .scheduler import JobOutcome, JobScheduler
 from .state import SCHEDULER
@@ -72,7 +75,8 @@ class ModelNode(pytest.Collector):
         for entry in self.model.tasks:
             yield TaskNode.from_parent(self, name=entry.name, entry=entry)
         for budget in self.model.budgets:
-            yield BudgetItem.from_parent(self, name=budget.kind, budget=budget)
+            if not budgets.KINDS[budget.kind].per_task:
+                yield BudgetItem.from_parent(self, name=budget.kind, budget=budget)
 
 
 class TaskNode(pytest.Collector):
@@ -83,6 +87,18 @@ class TaskNode(pytest.Collector):
     def collect(self) -> Iterator[pytest.Item]:
         for threshold in self.entry.thresholds:
             yield ThresholdItem.from_parent(self, name=threshold.written, threshold=threshold)
+        model = self.getparent(ModelNode)
+        assert model is not None
+        # the entry's own task_time replaces the model's, which applies to every entry
+        own = {b.kind: b for b in self.entry.budgets}
+        for kind in budgets.TASK_KINDS:
+            budget = own.get(kind) or next((b for b in model.model.budgets if b.kind == kind),
+                                           None)
+            if budget is not None:
+                yield BudgetItem.from_parent(self, name=kind, budget=budget)
+        from .regression import regression_items  # that module imports this one
+
+        yield from regression_items(self)
 
 
 class DistevalItem(pytest.Item):
@@ -124,6 +140,9 @@ class DistevalItem(pytest.Item):
         self.user_properties.extend([("kind", self.kind), ("model", self.job.name),
                                      ("backend", self.job.model.backend)])
         outcome = self.scheduler.outcome(self.job)
+        recorder = self.config.pluginmanager.get_plugin("disteval-baseline")
+        if recorder is not None:
+            recorder.record(self, outcome)  # --disteval-save-baseline keeps what the job gave
         if outcome.skip_reason and not outcome.entries:
             pytest.skip(outcome.skip_reason)
         wall = outcome.wall_s if outcome.wall_s is not None else outcome.recorded_wall_s
@@ -135,6 +154,14 @@ class DistevalItem(pytest.Item):
             self.user_properties.append(("gpu_mean_util_pct", outcome.gpu["mean_util_pct"]))
             self.user_properties.append(("gpu_peak_mem_gib",
                                          round(outcome.gpu["peak_mem_bytes"] / 2**30, 2)))
+        imbalance = ((outcome.record or {}).get("gpu") or {}).get("imbalance")
+        if imbalance:
+            self.user_properties.append(("gpu_imbalance", imbalance))
+            if not outcome.warned:
+                outcome.warned = True  # once per job, from its first item
+                warnings.warn(budgets.DistevalImbalanceWarning(
+                    f"GPUs of one group of model {self.job.name!r} were unevenly used: "
+                    f"{imbalance}"), stacklevel=1)
         return outcome
 
     def job_failed(self, outcome: JobOutcome, what: str) -> DistevalFailure:
@@ -191,27 +218,42 @@ class ThresholdItem(DistevalItem):
 
 
 class BudgetItem(DistevalItem):
+    """One budget: a job's (``model::kind``) or a task entry's (``model::entry::task_time``)."""
+
     kind = "budget"
 
     def __init__(self, *, budget: Budget, **kwargs: Any) -> None:
         self.budget = budget
+        parent = kwargs["parent"]
+        if isinstance(parent, TaskNode):
+            self.entry = parent.entry
         super().__init__(loc=budget.loc, metric=budget.kind, **kwargs)
 
     def runtest(self) -> None:
-        self.user_properties.append(("budget", self.budget.kind))
+        kind = self.budget.kind
+        spec = budgets.KINDS[kind]
+        self.user_properties.extend([("budget", kind), ("unit", spec.unit)])
+        if self.entry is not None:
+            self.user_properties.append(("task", self.entry.name))
         outcome = self.outcome()
-        if outcome.failure is not None:
-            raise self.job_failed(outcome, f"budget {self.budget.kind}")
-        measured = outcome.wall_s if outcome.wall_s is not None else outcome.recorded_wall_s
-        if measured is None:
-            why = ("only part of the job ran in this session, the rest came from the store"
-                   if outcome.partial else
-                   "the results came from the store, and no wall time was recorded for this "
-                   "set of tasks")
-            pytest.skip(f"{why}; run with --disteval-no-cache to measure the whole job")
-        verdict = check_budget(self.budget, measured)
-        self.user_properties.extend([("measured", round(measured, 3)),
+        what = f"budget {kind}" + (f" of {self.entry.name}" if self.entry else "")
+        if outcome.failure is not None and (self.entry is None
+                                            or self.entry.name not in outcome.entries):
+            raise self.job_failed(outcome, what)
+        record = outcome.record
+        try:
+            measured = budgets.measure(kind, record, self.entry.name if self.entry else None)
+        except budgets.Unmeasured as exc:
+            pytest.skip(str(exc))
+        assert record is not None
+        verdict = budgets.check(kind, self.budget.limit, measured, self.budget.written,
+                                budgets.detail(kind, record, self.budget.written))
+        self.user_properties.extend([("measured", budgets.property_value(kind, measured)),
                                      ("bound", verdict.required),
-                                     ("cached", outcome.wall_s is None),
+                                     ("cached", bool(record.get("cached"))),
                                      ("defined_at", str(self.loc))])
-        self.fail_verdict(verdict)
+        self.user_properties.append(("verdict", "pass" if verdict.passed else "fail"))
+        if not verdict.passed:
+            raise DistevalFailure([*verdict.lines,
+                                   f"model: {self.job.name} ({self.job.model.backend})",
+                                   f"defined at: {self.loc}"])

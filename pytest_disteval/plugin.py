@@ -59,6 +59,18 @@ def pytest_addoption(parser: pytest.Parser) -> None:
     group.addoption("--ray-address", dest="ray_address", metavar="ADDRESS",
                     help="Ray cluster for --disteval-executor ray: auto, ray://host:port or "
                          "host:port (default: $RAY_ADDRESS, else a local Ray instance)")
+    group.addoption("--disteval-baseline", dest="disteval_baseline", metavar="PATH",
+                    help="Compare with the baseline file PATH: a regression item per threshold "
+                         "metric (and per metric under a task entry's 'regression' key)")
+    group.addoption("--disteval-save-baseline", dest="disteval_save_baseline", metavar="PATH",
+                    help="Write this run's scores, stderrs, n and per-document results to the "
+                         "baseline file PATH")
+    group.addoption("--disteval-alpha", dest="disteval_alpha", metavar="P",
+                    help="Significance level of the regression tests (default: 0.05)")
+    for name, text in (("baseline", "Baseline file to compare with"),
+                       ("save_baseline", "Baseline file to write"),
+                       ("alpha", "Significance level of the regression tests")):
+        parser.addini(f"disteval_{name}", text, default="")
     for name, text in (("dir", "Directory for the result store, results and logs"),
                        ("cache", "Reuse stored results (true/false)"),
                        ("timeout", "Wall-time limit of one job's worker"),
@@ -79,12 +91,17 @@ def pytest_configure(config: pytest.Config) -> None:
                    "suite file; select with -m \"disteval(model='name')\"")
     config.addinivalue_line("markers", "threshold: a score threshold item of a suite")
     config.addinivalue_line("markers", "budget: a budget item of a suite")
+    config.addinivalue_line("markers", "regression: a score compared with a baseline file")
     config.addinivalue_line("markers", "gpu_group(size): the size of the group the gpu_group "
                                        "fixture leases to the test (default 1)")
     resolved = settings_mod.resolve(config)
     config.stash[SETTINGS] = resolved
     config.stash[SCHEDULER] = JobScheduler(resolved)
     config.pluginmanager.register(DistevalSession(config), "disteval-session")
+    if resolved.baseline is not None or resolved.save_baseline is not None:
+        from .baseline import BaselinePlugin
+
+        config.pluginmanager.register(BaselinePlugin(config, resolved), "disteval-baseline")
     if config.pluginmanager.hasplugin("xdist"):
         from .xdist_hooks import XdistHooks
 

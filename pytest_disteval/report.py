@@ -29,6 +29,15 @@ class SummaryTable:
         header = ("model", "task", "metric", "score ± stderr", "bound", "result", "n", "seconds")
         table: list[tuple[str, ...]] = []
         for row in self.rows:
+            if row["kind"] == "regression":
+                # the baseline in the bound column: what the score was compared with, and how
+                task, metric, value, bound, seconds = _regression_cells(row)
+                table.append((str(row.get("model", "")), task, metric, value, bound,
+                              {"passed": "PASS", "failed": "FAIL", "skipped": "SKIP"}
+                              [row["outcome"]], str(row.get("n_samples", "") or "-"),
+                              (f"{seconds:.1f}" if isinstance(seconds, float | int) else "-")
+                              + (" (cached)" if row.get("cached") is True else "")))
+                continue
             if row["kind"] == "threshold":
                 score = row.get("score")
                 stderr = row.get("stderr")
@@ -41,10 +50,9 @@ class SummaryTable:
                 task = str(row.get("task", ""))
                 seconds = row.get("eval_s")
             else:
-                measured = row.get("measured")
-                value = f"{measured:.1f}s" if isinstance(measured, float) else "-"
+                value = _measured(row.get("measured"), str(row.get("unit", "s")))
                 metric = str(row.get("budget", ""))
-                task = "(budget)"
+                task = str(row.get("task") or "(budget)")  # task_time: the entry's name
                 seconds = row.get("wall_time_s")
             result = {"passed": "PASS", "failed": "FAIL", "skipped": "SKIP"}[row["outcome"]]
             timing = f"{seconds:.1f}" if isinstance(seconds, float | int) else "-"
@@ -60,3 +68,28 @@ class SummaryTable:
             return "  ".join(c.ljust(w) for c, w in zip(cells, widths, strict=True)).rstrip()
 
         return [line(header), line(tuple("-" * w for w in widths)), *map(line, table)]
+
+
+def _measured(value: Any, unit: str) -> str:
+    """A budget's measured figure in its unit (the ``unit`` property): 12.8s, 1.2 GiB, 35%."""
+    if not isinstance(value, float | int) or isinstance(value, bool):
+        return "-"
+    if unit == "s":
+        return f"{value:.1f}s"
+    if unit == "%":
+        return f"{value:.1f}%"
+    return f"{value:.4g} {unit}"
+def _regression_cells(row: dict[str, Any]) -> tuple[str, str, str, str, Any]:
+    def pm(score: Any, stderr: Any) -> str:
+        if not isinstance(score, float | int):
+            return "-"
+        return f"{score:.4f} ± " + (f"{stderr:.4f}" if isinstance(stderr, float | int) else "N/A")
+
+    metric = str(row.get("metric", "")).removesuffix(",none") + " [regression]"
+    bound = "-"
+    if "baseline_score" in row:
+        bound = f"baseline {pm(row['baseline_score'], row.get('baseline_stderr'))}"
+        if isinstance(row.get("p_value"), float | int):
+            bound += f", {row.get('test')} p={row['p_value']:.2g}"
+    return (str(row.get("task", "")), metric, pm(row.get("score"), row.get("stderr")), bound,
+            row.get("eval_s"))

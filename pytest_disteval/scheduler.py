@@ -22,7 +22,7 @@ from typing import Any
 
 import filelock
 
-from . import __version__, planner
+from . import __version__, jobrecord, planner
 from .backends import BACKENDS
 from .executors.base import Executor, WorkerTask
 from .executors.local import LocalExecutor, WorkerRun, kill_all, log_tail
@@ -86,6 +86,8 @@ class JobOutcome:
     skip_reason: str | None = None  # the backend is not installed (and not required)
     partial: bool = False  # this session evaluated only some entries, the rest were stored
     gpu: dict[str, Any] | None = None  # NVML: mean utilisation and peak memory while it ran
+    record: dict[str, Any] | None = None  # the job record (jobrecord.py): what budgets read
+    warned: bool = False  # the GPU imbalance warning was issued (once per job)
 
     @property
     def fully_cached(self) -> bool:
@@ -115,6 +117,7 @@ class JobScheduler:
         self._futures: dict[str, Future[JobOutcome]] = {}
         self._alloc = threading.Lock()  # one job at a time picks its groups: no deadlock
         self._gpu: dict[str, list[dict[str, Any]]] = {}  # NVML summaries per job
+        self._used: dict[str, list[list[GPU]]] = {}  # the groups each job's replicas ran on
         self._inventory_loaded = False
         self._inventory_value: Inventory | None = None
         self.leases = LeaseManager(os.environ.get("PYTEST_DISTEVAL_LOCK_DIR")
@@ -204,12 +207,15 @@ class JobScheduler:
             set_key = digest(sorted(keys.values()))
             meta_path = self.store.root / "jobs" / f"{job.model_key}-{set_key}.json"
             recorded = None
+            record = self._record(job, run, partial=bool(cached)) if run is not None else None
             if run is not None and failure is None and not cached:
                 # a wall time means something for the whole set of tasks only
-                write_json_atomic(meta_path, {"wall_s": run.wall_s})
+                write_json_atomic(meta_path, {"wall_s": run.wall_s, "job": record})
             elif run is None and meta_path.exists():
                 try:
-                    recorded = float(json.loads(meta_path.read_text())["wall_s"])
+                    meta = json.loads(meta_path.read_text())
+                    recorded = float(meta["wall_s"])
+                    record = jobrecord.recorded(meta)
                 except (OSError, ValueError, KeyError, TypeError):
                     recorded = None
         outcome = JobOutcome(job, entries, cached, failure,
@@ -218,15 +224,36 @@ class JobScheduler:
         outcome.partial = run is not None and bool(cached)
         outcome.gpu = _combine_gpu(self._gpu.pop(job_key(job), []))
         outcome.skip_reason = skip if todo else None
+        outcome.record = record
         if entries:
-            outcome.results_path = self._write_results(job, entries)
+            outcome.results_path = self._write_results(job, entries, record)
         return outcome
+
+    def _run_dir(self, job: EvalJob) -> Path:
+        return self.settings.runs_dir / f"{job.name}-{job.job_id[:8]}"
+
+    def _record(self, job: EvalJob, run: WorkerRun, *, partial: bool) -> dict[str, Any]:
+        """The job record of this session's run, from its run directory."""
+        plan = self.plan(job)
+        used = self._used.pop(job_key(job), [])
+        distinct = {tuple(g.uuid for g in group) for group in used}
+        if plan.on_gpu:
+            no_gpu = "no NVML timeline was written for this job"
+        elif used:
+            no_gpu = ("the job ran on the CPU with a fake GPU inventory "
+                      "(--disteval-fake-gpus): there is no GPU for NVML to sample")
+        else:
+            no_gpu = "the job ran on the CPU: there is no GPU for NVML to sample"
+        return jobrecord.build(layout=plan.layout,
+                               pack=len(used) // len(distinct) if distinct else 1,
+                               on_gpu=plan.on_gpu, groups=used, run_dir=self._run_dir(job),
+                               wall_s=run.wall_s, partial=partial, no_gpu_reason=no_gpu)
 
     def _start_worker(self, job: EvalJob, todo: list[TaskEntry],
                       keys: dict[str, str]) -> tuple[WorkerRun, JobFailure | None]:
         """Evaluate ``todo``: one direct worker, or dp shard workers then a scoring worker."""
         plan = self.plan(job)
-        run_dir = self.settings.runs_dir / f"{job.name}-{job.job_id[:8]}"
+        run_dir = self._run_dir(job)
         run_dir.mkdir(parents=True, exist_ok=True)
         for stale in run_dir.glob("*.json"):
             stale.unlink()
@@ -288,6 +315,19 @@ class JobScheduler:
             runs[index] = self._replica(job, plan, group, env_of(group), shard_spec,
                                         run_dir / f"spec-shard{index}.json", name, timeout)
 
+        # the scoring worker starts now: its start-up (imports, task index) overlaps the
+        # shards'; it waits for `go` before it reads the store
+        go = run_dir / "score-go.json"
+        score_runs: list[WorkerRun] = []
+
+        def start_scorer() -> None:
+            score_runs.append(self._replica(
+                job, plan, [], {}, dict(spec, mode="score", responses=str(responses),
+                                        wait_for=str(go)),
+                run_dir / "spec-score.json", f"{job.name}-{job.job_id[:8]}-score", timeout))
+
+        scorer = threading.Thread(target=start_scorer, daemon=True)
+        scorer.start()
         try:
             threads = [threading.Thread(target=shard, args=(i, g, 0), daemon=True)
                        for i, g in enumerate(replica_groups)]
@@ -307,6 +347,13 @@ class JobScheduler:
             for lease in leases.values():
                 lease.release()
         failed = [i for i in sorted(runs) if runs[i].returncode != 0]
+        write_json_atomic(go, {"go": not failed, "why": f"shard {failed[0]} failed"
+                               if failed else ""})
+        try:
+            scorer.join()
+        except BaseException:
+            kill_all()
+            raise
         if failed:
             run = runs[failed[0]]
             failure = self._failure(job, run, run_dir / f"error-{failed[0]}.json", timeout)
@@ -314,10 +361,7 @@ class JobScheduler:
                 failure.message = (f"shard {failed[0]} of {len(plan.groups)} failed twice "
                                    f"(the retry ran on another group): {failure.message}")
             return run, failure
-        score = self._replica(job, plan, [], {}, dict(spec, mode="score",
-                                                      responses=str(responses)),
-                              run_dir / "spec-score.json", f"{job.name}-{job.job_id[:8]}-score",
-                              timeout)
+        (score,) = score_runs
         score.wall_s = time.perf_counter() - started
         return score, self._failure(job, score, run_dir / "error.json", timeout)
 
@@ -333,6 +377,8 @@ class JobScheduler:
         command = [*backend.launch(self.settings.python, layout), str(spec_path)]
         log_path = self.settings.logs_dir / f"{name}.log"
         env = worker_env(group_env)
+        for name, value in backend.env.items():
+            env.setdefault(name, value)
         replicas = len(plan.groups)
         if replicas > 1 and spec.get("mode") == "shard":
             # replicas share the host's cores (packed on a GPU, or on the CPU): without
@@ -341,6 +387,9 @@ class JobScheduler:
         record = {"job": job_key(job), "worker": name, "mode": spec.get("mode"),
                   "gpus": [g.index for g in group], "session_pid": os.getpid()}
         self._audit({"event": "start", **record})
+        if group and spec.get("mode") != "score":
+            with self._alloc:  # shard threads append side by side
+                self._used.setdefault(job_key(job), []).append(group)
         # the scoring worker loads no model: it runs here, beside the session's store
         executor = self.executor if spec.get("mode") != "score" else _LOCAL
         task = WorkerTask(command, env, log_path, timeout, spec, spec_path, name, len(group))
@@ -484,6 +533,7 @@ class JobScheduler:
             settings = entry.settings()
             run = runs.setdefault(digest(settings), {"settings": settings, "entries": []})
             run["entries"].append({
+                "name": entry.name,
                 "task": entry.task,
                 "entry_key": keys[entry.name],
                 "path": str(self.store.path(job.model_key, keys[entry.name])),
@@ -507,7 +557,8 @@ class JobScheduler:
             "meta_path": str(run_dir / "meta.json"),
         }
 
-    def _write_results(self, job: EvalJob, entries: dict[str, dict[str, Any]]) -> Path:
+    def _write_results(self, job: EvalJob, entries: dict[str, dict[str, Any]],
+                       record: dict[str, Any] | None = None) -> Path:
         model = job.model
         config = {
             "model": BACKENDS[model.backend].lm_eval_model,
@@ -519,7 +570,8 @@ class JobScheduler:
                          "model_key": job.model_key,
                          "entries": {name: {"settings": e["settings"], "key": e["entry_key"],
                                             "computed_at": e["computed_at"]}
-                                     for name, e in entries.items()}},
+                                     for name, e in entries.items()},
+                         "job": record},
         }
         results = merge_entries(list(entries.values()), config)
         results["date"] = datetime.now(timezone.utc).timestamp()

@@ -5,6 +5,7 @@ Every validator says where a bad value came from, and raises pytest.UsageError.
 
 from __future__ import annotations
 
+import math
 import os
 import re
 import sys
@@ -32,6 +33,10 @@ class Settings:
     is_xdist_worker: bool = False
     executor: str = "local"  # "local" (subprocesses here) or "ray" (actors on a cluster)
     ray_address: str | None = None  # None: a local Ray instance
+    # baselines (baseline.py): compare with one, save one, the tests' significance level
+    baseline: Path | None = None
+    save_baseline: Path | None = None
+    alpha: float = 0.05
 
     @property
     def store_dir(self) -> Path:
@@ -109,6 +114,7 @@ def resolve(config: pytest.Config) -> Settings:
         plan_only=bool(config.getoption("disteval_plan")),
         is_xdist_worker=hasattr(config, "workerinput"),
         **_executor_options(config),
+        **_baseline_options(config),
     )
 
 
@@ -137,6 +143,29 @@ def _executor_options(config: pytest.Config) -> dict[str, Any]:
         raise pytest.UsageError(f"{where_address}: {text!r} is not valid: auto, host:port "
                                 "(the head's GCS port, 6379 by default) or ray://host:port")
     return {"executor": executor, "ray_address": text}
+
+
+def _baseline_options(config: pytest.Config) -> dict[str, Any]:
+    values: dict[str, Any] = {}
+    for name in ("baseline", "save_baseline"):
+        value, _ = _pick(config, f"disteval_{name}", f"disteval_{name}",
+                         f"DISTEVAL_{name.upper()}")
+        if value:
+            path = Path(str(value)).expanduser()
+            # relative to where pytest was started, as a shell user means it
+            values[name] = path if path.is_absolute() else Path(config.invocation_params.dir,
+                                                                  path)
+    alpha, where = _pick(config, "disteval_alpha", "disteval_alpha", "DISTEVAL_ALPHA")
+    if alpha is not None:
+        try:
+            number = float(str(alpha))
+        except ValueError:
+            number = math.nan
+        if not 0.0 < number < 1.0:
+            raise pytest.UsageError(f"{where}: {alpha!r} is not valid: a significance level "
+                                    "between 0 and 1, e.g. 0.05")
+        values["alpha"] = number
+    return values
 
 
 def _positive(value: object, where: str, *, allow_zero: bool = False,

@@ -21,12 +21,13 @@ PER_TASK_SECTIONS = ("results", "groups", "group_subtasks", "configs", "versions
                      "higher_is_better", "n-samples")
 
 
-def write_json_atomic(path: Path, data: Any) -> None:
+def write_json_atomic(path: Path, data: Any, *, indent: int | None = 1) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
         with os.fdopen(fd, "w", encoding="utf-8") as handle:
-            json.dump(data, handle, indent=1, sort_keys=True, default=str)
+            json.dump(data, handle, indent=indent, sort_keys=True, default=str,
+                      separators=None if indent else (",", ":"))
             handle.flush()
             os.fsync(handle.fileno())
         os.replace(tmp, path)

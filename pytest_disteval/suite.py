@@ -21,6 +21,8 @@ from pathlib import Path
 from typing import Any
 
 from . import yamlpos
+from .budgets import KINDS as BUDGET_SPECS
+from .budgets import parse_limit
 from .localtasks import LocalTask, TaskIndex
 from .units import parse_duration
 
@@ -28,7 +30,6 @@ FORMAT_VERSION = 1
 BACKENDS = ("hf", "vllm", "sglang", "nemo_lm")
 # the model_args key naming the weights, as lm-eval's model classes take it
 MODEL_KEY = {"hf": "pretrained", "vllm": "pretrained", "sglang": "pretrained", "nemo_lm": "path"}
-BUDGET_KINDS = ("wall_time",)
 SCHEMA_PATH = Path(__file__).with_name("suite.schema.json")
 
 _SUITE_MARKER = re.compile(r"^disteval[ \t]*:", re.M)
@@ -96,9 +97,22 @@ class Threshold:
 
 
 @dataclass(frozen=True)
+class Tolerance:
+    """A change toward worse that never fails a regression item (``regression:`` keys)."""
+
+    abs: float = 0.0  # in the metric's units
+    rel: float = 0.0  # a fraction of the baseline's score
+    loc: Loc | None = None  # where it was written; None: nowhere (no tolerance)
+
+    def allowed(self, baseline: float) -> float:
+        # either one suffices: the more lenient of the two
+        return max(self.abs, self.rel * abs(baseline))
+
+
+@dataclass(frozen=True)
 class Budget:
-    kind: str
-    limit: float  # seconds for wall_time
+    kind: str  # a key of budgets.KINDS
+    limit: float  # seconds, per second, bytes or percent (budgets.KINDS[kind].unit)
     written: str
     loc: Loc
 
@@ -114,6 +128,11 @@ class TaskEntry:
     marks: list[str]
     loc: Loc
     local: LocalTask | None = None
+    budgets: list[Budget] = field(default_factory=list)  # the entry's own (task_time)
+    # metric -> tolerance of its regression item, besides the thresholds' metrics;
+    # None: ``regression: false``, no regression items for this entry
+    regression: dict[str, Tolerance] | None = field(default_factory=dict)
+    regression_default: Tolerance = Tolerance()
 
     def settings(self) -> dict[str, Any]:
         """What lm-eval must be told, besides the task, to reproduce this entry's score."""
@@ -162,7 +181,8 @@ class _Problems:
         self.items: list[tuple[int, str, str]] = []
 
     def add(self, line: int, key: str, message: str) -> None:
-        self.items.append((line, key, message))
+        if (line, key, message) not in self.items:  # defaults are read once per entry
+            self.items.append((line, key, message))
 
     def unknown_keys(self, mapping: yamlpos.PosDict, allowed: tuple[str, ...], where: str) -> None:
         for key in mapping:
@@ -388,19 +408,7 @@ def _model(raw: yamlpos.PosDict, where: str, suite_dir: Path,
             timeout = parse_duration(raw["timeout"])
         except ValueError as exc:
             problems.add(raw.line_of("timeout"), f"{where}.timeout", str(exc))
-    budgets: list[Budget] = []
-    raw_budgets = _optional_mapping(raw, "budgets", where, "{wall_time: 10m}", problems)
-    if raw_budgets is not None:
-        problems.unknown_keys(raw_budgets, BUDGET_KINDS, f"{where}.budgets.")
-        for kind in BUDGET_KINDS:
-            if kind in raw_budgets:
-                try:
-                    limit = parse_duration(raw_budgets[kind])
-                except ValueError as exc:
-                    problems.add(raw_budgets.line_of(kind), f"{where}.budgets.{kind}", str(exc))
-                    continue
-                budgets.append(Budget(kind, limit, str(raw_budgets[kind]),
-                                      Loc(problems.path, raw_budgets.line_of(kind))))
+    budgets = _budgets(raw, where, "budgets", problems, "{wall_time: 10m}")
     marks = _marks(raw, "marks", f"{where}.", problems)
     layout: dict[str, Any] = {}
     for key in ("tp", "pp", "dp"):
@@ -420,6 +428,28 @@ def _model(raw: yamlpos.PosDict, where: str, suite_dir: Path,
                      dict(gen_kwargs) if gen_kwargs else None, [], budgets, marks, timeout,
                      Loc(problems.path, raw.line), layout.get("tp"), layout.get("pp"),
                      layout.get("dp"), required)
+
+
+def _budgets(raw: yamlpos.PosDict, where: str, definition: str, problems: _Problems,
+             example: str) -> list[Budget]:
+    """The ``budgets`` mapping of a model (every kind) or a task entry (``task_budgets``)."""
+    raw_budgets = _optional_mapping(raw, "budgets", where, example, problems)
+    if raw_budgets is None:
+        return []
+    kinds = _keys(definition)
+    problems.unknown_keys(raw_budgets, kinds, f"{where}.budgets.")
+    budgets = []
+    for kind in kinds:
+        if kind in raw_budgets:
+            try:
+                limit = parse_limit(kind, raw_budgets[kind])
+            except ValueError as exc:
+                problems.add(raw_budgets.line_of(kind), f"{where}.budgets.{kind}",
+                             f"{exc} ({kind} takes {BUDGET_SPECS[kind].forms})")
+                continue
+            budgets.append(Budget(kind, limit, str(raw_budgets[kind]),
+                                  Loc(problems.path, raw_budgets.line_of(kind))))
+    return budgets
 
 
 def _int_setting(raw: dict[str, Any], defaults: dict[str, Any], key: str, where: str,
@@ -478,11 +508,71 @@ def _task(raw: Any, where: str, line: int, defaults: yamlpos.PosDict, index: Tas
             if t is not None:
                 thresholds.append(t)
     marks = _marks(raw, "marks", f"{where}.", problems)
-    if require_thresholds and not thresholds and raw.get("thresholds") is None:
+    budgets = _budgets(raw, where, "task_budgets", problems, "{task_time: 2m}")
+    default_tolerance = _tolerance(defaults.get("regression"), "defaults.regression",
+                                   getattr(defaults, "key_lines", {}).get("regression", raw.line),
+                                   shown, problems)
+    regression = _regression(raw, where, local.metric_keys() if local is not None else None,
+                             shown, problems)
+    if require_thresholds and not thresholds and raw.get("thresholds") is None \
+            and not budgets:
         problems.add(raw.line, where, f"task entry {name!r} has no thresholds: nothing would "
                      "be tested; add e.g. thresholds: {acc: 0.5}")
     return TaskEntry(name, task, num_fewshot, limit, 1234 if seed is None else seed,
-                     thresholds, marks, Loc(shown, raw.line), local)
+                     thresholds, marks, Loc(shown, raw.line), local, budgets, regression,
+                     default_tolerance)
+
+
+def _tolerance(spec: Any, where: str, line: int, shown: Path,
+               problems: _Problems) -> Tolerance:
+    """``{abs: 0.01, rel: 0.02}`` (either or both, or nothing) -> Tolerance."""
+    if spec is None:
+        return Tolerance()
+    if not isinstance(spec, yamlpos.PosDict):
+        problems.add(line, where, f"{spec!r} is not a tolerance: write a mapping such as "
+                     "{abs: 0.01} (an allowed drop in the metric's units) and/or {rel: 0.02} "
+                     "(a fraction of the baseline score), or nothing for none")
+        return Tolerance()
+    problems.unknown_keys(spec, _keys("tolerance"), f"{where}.")
+    values = {}
+    for key in ("abs", "rel"):
+        v = spec.get(key, 0.0)
+        if isinstance(v, bool) or not isinstance(v, int | float) or math.isnan(v) or v < 0:
+            problems.add(spec.line_of(key), f"{where}.{key}",
+                         f"{v!r} is not valid: a number >= 0")
+            v = 0.0
+        values[key] = float(v)
+    return Tolerance(values["abs"], values["rel"], Loc(shown, line))
+
+
+def _regression(raw: yamlpos.PosDict, where: str, known: dict[str, bool] | None, shown: Path,
+                problems: _Problems) -> dict[str, Tolerance] | None:
+    """A task entry's ``regression:``: false, or metric -> tolerance (or nothing)."""
+    spec = raw.get("regression")
+    if spec is False:
+        return None
+    if spec is None or spec is True:
+        return {}
+    if not isinstance(spec, yamlpos.PosDict):
+        problems.add(raw.line_of("regression"), f"{where}.regression",
+                     "must be false or a mapping metric -> tolerance, e.g. "
+                     "{acc: {abs: 0.01}, acc_norm: {rel: 0.02}, exact_match: {}}")
+        return {}
+    out: dict[str, Tolerance] = {}
+    for metric, tol in spec.items():
+        key = str(metric) if "," in str(metric) else f"{metric},none"
+        line = spec.line_of(metric)
+        if known is not None and key not in known:
+            written = sorted(k[:-5] if k.endswith(",none") else k for k in known)
+            hint = difflib.get_close_matches(str(metric), written, n=1)
+            did = f" (did you mean {hint[0]!r}?)" if hint else ""
+            problems.add(line, f"{where}.regression.{metric}",
+                         f"the task does not produce metric {metric!r}{did}; "
+                         f"it produces: {', '.join(written) or 'none'}")
+            continue
+        tolerance = _tolerance(tol, f"{where}.regression.{metric}", line, shown, problems)
+        out[key] = tolerance if tolerance.loc is not None else Tolerance(loc=Loc(shown, line))
+    return out
 
 
 def _check_data_files(local: LocalTask, raw: yamlpos.PosDict, where: str,

@@ -14,10 +14,19 @@ The spec's ``mode`` picks what a run does (see sharding.py):
   commit). Its metrics are discarded; no entry is stored. Writes
   ``shard-<i>.json`` (requests run, tokens, seconds) to the run dir.
 - ``score``: no model is loaded; every request is answered from PATH and the
-  entries are stored exactly as ``direct`` stores them.
+  entries are stored exactly as ``direct`` stores them. With ``wait_for``: a
+  path the scheduler writes when the shards are done; the worker starts beside
+  them (imports, task index) and waits for it before it scores.
 
-Exit codes: 0 done; 3 bad request (unknown task, missing backend), written to
-the spec's ``error_path`` as a message for the items; anything else a crash.
+Out of memory: where the backend's batch size is a number (hf), a run that runs
+out of GPU memory is retried in the same process at half the batch size, down to
+1, each retry logged and recorded in ``meta.json``; past that, or on a backend
+that sizes its own batches (vllm), the worker stops with a message that says
+what to change. It never waits on a wedged GPU.
+
+Exit codes: 0 done; 3 bad request (unknown task, missing backend, out of memory
+at the smallest batch), written to the spec's ``error_path`` as a message for the
+items; anything else a crash.
 """
 
 from __future__ import annotations
@@ -32,6 +41,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
+from .counting import RequestCounter, host_peak_rss_bytes, leaf_map
 from .store import slice_task, write_json_atomic
 
 EXIT_BAD_REQUEST = 3
@@ -40,6 +50,65 @@ MODES = ("direct", "shard", "score")
 
 class BadRequest(Exception):
     """A problem the user fixes in the suite, not a crash."""
+
+
+def is_oom(exc: BaseException) -> bool:
+    """torch's OutOfMemoryError, or the RuntimeError older torch and some kernels raise."""
+    text = str(exc).lower()
+    return (type(exc).__name__ == "OutOfMemoryError"
+            or ("out of memory" in text and ("cuda" in text or "hip" in text)))
+
+
+def _real_lm(lm: Any) -> Any:
+    return getattr(lm, "lm", lm)  # a ShardLM wraps the backend's LM
+
+
+def _halve_batch(lm: Any, exc: BaseException, log: list[dict[str, Any]]) -> None:
+    """After an OOM: halve the backend's batch size for a retry, or raise BadRequest."""
+    real = _real_lm(lm)
+    size = getattr(real, "batch_size_per_gpu", None)  # lm-eval's HFLM; "auto" sizes itself
+    if type(size) is int and size > 1:
+        real.batch_size_per_gpu = size // 2
+        log.append({"from": size, "to": size // 2})
+        print(f"[disteval] out of memory at batch size {size}; retrying at {size // 2}",
+              flush=True)
+        try:
+            import torch
+
+            torch.cuda.empty_cache()  # the failed batch's blocks go back before the retry
+        except Exception:
+            pass
+        return
+    first = str(exc).splitlines()[0][:300] if str(exc) else type(exc).__name__
+    if type(size) is int:
+        what = ("out of GPU memory at batch size 1: one request does not fit beside the "
+                "model; use a larger tp (or pp), a smaller dtype, or a shorter max_length")
+    else:
+        what = ("out of GPU memory, and this backend sizes its own batches; lower "
+                "gpu_memory_utilization or max_model_len in model_args, or use a larger tp")
+    tried = ", ".join(str(r["to"]) for r in log)
+    raise BadRequest(f"{what} ({first})" + (f"; retried at batch size {tried}" if tried else ""))
+
+
+def _inject_oom(lm: Any) -> None:
+    """``DISTEVAL_FAULT=oom:N`` (or ``oom:always``) makes model calls of more than N rows
+    raise torch's OutOfMemoryError: how the retry is tested where no GPU can run out."""
+    fault = os.environ.get("DISTEVAL_FAULT", "")
+    if not fault.startswith("oom:"):
+        return
+    import torch
+
+    limit = 0 if fault == "oom:always" else int(fault.split(":", 1)[1])
+    real = _real_lm(lm)
+    model_call = real._model_call
+
+    def call(inps: Any, *args: Any, **kwargs: Any) -> Any:
+        if inps.shape[0] > limit:
+            raise torch.OutOfMemoryError(f"CUDA out of memory. Tried to allocate a batch of "
+                                         f"{inps.shape[0]} (injected by DISTEVAL_FAULT={fault})")
+        return model_call(inps, *args, **kwargs)
+
+    real._model_call = call
 
 
 def _check_tasks(task_manager: Any, tasks: list[str]) -> None:
@@ -110,6 +179,20 @@ def _slowed(lm: Any, index: int) -> Any:
     return lm
 
 
+def _wait_for_shards(go: Path) -> None:
+    """A scoring worker started beside the shards (its start-up overlaps theirs) waits here.
+
+    The scheduler writes ``go`` with ``{"go": true}`` once every shard succeeded, or
+    ``{"go": false, "why": ...}`` when one failed for good.
+    """
+    print("[disteval] scoring worker ready; waiting for the shards", flush=True)
+    while not go.exists():
+        time.sleep(0.1)
+    signal = json.loads(go.read_text(encoding="utf-8"))
+    if not signal.get("go"):
+        raise BadRequest(f"not scored: {signal.get('why', 'a shard failed')}")
+
+
 def _run_dir(spec: dict[str, Any]) -> Path:
     return Path(spec.get("run_dir") or Path(spec["meta_path"]).parent)
 
@@ -121,6 +204,10 @@ def run(spec: dict[str, Any]) -> dict[str, Any]:
     import lm_eval
     from lm_eval.tasks import TaskManager
 
+    from . import speedups
+
+    # a shard's results are discarded: it need not collect the environment at all
+    applied = speedups.apply(collect_env=mode != "shard")
     imported = time.perf_counter()
     # indexing lm-eval's ~14k built-in task YAMLs takes seconds: skip it when every
     # task of the job is local
@@ -129,12 +216,14 @@ def run(spec: dict[str, Any]) -> dict[str, Any]:
                                metadata=dict(spec["model_args"]))
     _check_tasks(task_manager, [e["task"] for r in spec["runs"] for e in r["entries"]])
     indexed = time.perf_counter()
-    print(f"[disteval] imports {imported - started:.1f}s, task index {indexed - imported:.1f}s",
-          flush=True)
+    print(f"[disteval] imports {imported - started:.1f}s, task index {indexed - imported:.1f}s"
+          f" (lm-eval speed-ups: {', '.join(applied) or 'none'})", flush=True)
     store = None
     shard_report: dict[str, Any] | None = None
+    counter = RequestCounter()  # requests, tokens and seconds of the model, per task
+    real_lm: Any = None
     if mode == "direct":
-        lm = _load_model(spec)
+        lm = real_lm = counter.install(_load_model(spec))
     else:
         from .sharding import DEFAULT_CHUNK_SIZE, ReplayLM, ResponseStore, ShardLM
 
@@ -142,8 +231,8 @@ def run(spec: dict[str, Any]) -> dict[str, Any]:
         if mode == "shard":
             index, count = spec["shard"]["index"], spec["shard"]["count"]
             _injected_fault(index, _run_dir(spec))
-            lm = ShardLM(_slowed(_load_model(spec), index), store, spec["model_key"], index,
-                         count,
+            real_lm = counter.install(_slowed(_load_model(spec), index))
+            lm = ShardLM(real_lm, store, spec["model_key"], index, count,
                          chunk_size=int(spec.get("chunk_size") or DEFAULT_CHUNK_SIZE),
                          log=lambda message: print(message, flush=True))
             shard_report = {"shard": {"index": index, "count": count},
@@ -157,11 +246,22 @@ def run(spec: dict[str, Any]) -> dict[str, Any]:
             # the model is not needed: every answer comes from the store. Multimodal
             # tasks pass lm-eval's check: the shards' real LM already passed it
             lm = ReplayLM(store, spec["model_key"], multimodal=True)
+            if spec.get("wait_for"):
+                speedups.start_env_probe()
+                _wait_for_shards(Path(spec["wait_for"]))
     loaded = time.perf_counter()
+    if mode == "direct":
+        speedups.start_env_probe()
     if mode != "score":
+        _inject_oom(lm)
+        if os.environ.get("DISTEVAL_FAULT") == "hang":
+            # a wedged worker with its model loaded: how the job timeout is tested on a GPU
+            print("[disteval] hanging (DISTEVAL_FAULT=hang)", flush=True)
+            time.sleep(10**6)
         print(f"[disteval] model loaded in {loaded - indexed:.1f}s", flush=True)
     timing: dict[str, Any] = {"import_s": imported - started, "task_index_s": indexed - imported,
-                              "load_s": loaded - indexed, "runs": []}
+                              "load_s": loaded - indexed,
+                              "runs": [], "tasks": {}, "oom_retries": []}
     try:
         for run_spec in spec["runs"]:
             settings = run_spec["settings"]
@@ -169,20 +269,36 @@ def run(spec: dict[str, Any]) -> dict[str, Any]:
             t0 = time.perf_counter()
             how = "" if mode == "direct" else f" ({mode} mode)"
             print(f"[disteval] evaluating {', '.join(tasks)} with {settings}{how}", flush=True)
-            results = lm_eval.simple_evaluate(
-                model=lm,
-                tasks=tasks,
-                num_fewshot=settings["num_fewshot"],
-                limit=settings["limit"],
-                fewshot_random_seed=settings["fewshot_seed"],
-                gen_kwargs=spec.get("gen_kwargs"),
-                task_manager=task_manager,
-                log_samples=False,
-                # a shard's metrics are discarded: skip their bootstrap stderr
-                **({"bootstrap_iters": 0} if mode == "shard" else {}),
-            )
+            while True:
+                try:
+                    results = lm_eval.simple_evaluate(
+                        model=lm,
+                        tasks=tasks,
+                        num_fewshot=settings["num_fewshot"],
+                        limit=settings["limit"],
+                        fewshot_random_seed=settings["fewshot_seed"],
+                        gen_kwargs=spec.get("gen_kwargs"),
+                        task_manager=task_manager,
+                        # per-document results for paired regression tests (samples.py);
+                        # a shard's are discarded like its metrics
+                        log_samples=mode != "shard",
+                        # a shard's metrics are discarded: skip their bootstrap stderr
+                        **({"bootstrap_iters": 0} if mode == "shard" else {}),
+                    )
+                    break
+                except Exception as exc:
+                    if mode == "score" or not is_oom(exc):
+                        raise
+                    # the same model, a smaller batch; a shard keeps what it stored
+                    _halve_batch(lm, exc, timing["oom_retries"])
             seconds = time.perf_counter() - t0
             timing["runs"].append({"tasks": tasks, "eval_s": seconds})
+            if real_lm is not None and results is not None:
+                counted = time.perf_counter()
+                timing["tasks"].update(_task_counts(counter, real_lm, run_spec["entries"],
+                                                    results, seconds))
+                # counting tokens is outside eval_s; its own cost is kept to be seen
+                timing["runs"][-1]["count_s"] = time.perf_counter() - counted
             if shard_report is not None:
                 _record_shard_run(shard_report, lm, tasks, settings, seconds, started)
                 write_json_atomic(_run_dir(spec) / f"shard-{spec['shard']['index']}.json",
@@ -194,6 +310,8 @@ def run(spec: dict[str, Any]) -> dict[str, Any]:
             env = {k: results.get(k) for k in ("lm_eval_version", "transformers_version",
                                                 "git_hash", "date")}
             for entry in run_spec["entries"]:
+                # the samples first: an entry on disk then always has its samples beside it
+                _store_samples(results, entry)
                 write_json_atomic(Path(entry["path"]), {
                     "entry_key": entry["entry_key"],
                     "model_key": spec["model_key"],
@@ -210,6 +328,7 @@ def run(spec: dict[str, Any]) -> dict[str, Any]:
         if store is not None:
             store.close()
     timing["total_s"] = time.perf_counter() - started
+    timing["host_peak_rss_bytes"] = host_peak_rss_bytes()
     if shard_report is not None:
         shard_report["complete"] = True
         shard_report["total_s"] = timing["total_s"]
@@ -218,6 +337,44 @@ def run(spec: dict[str, Any]) -> dict[str, Any]:
         timing["shard"] = {k: shard_report[k] for k in ("shard", "requests_executed",
                                                          "tokens", "seconds")}
     return timing
+
+
+def _task_counts(counter: RequestCounter, lm: Any, entries: list[dict[str, Any]],
+                 results: dict[str, Any], seconds: float) -> dict[str, dict[str, Any]]:
+    """Each entry's requests, tokens and seconds in this ``simple_evaluate`` call.
+
+    An entry alone in its call gets the call's seconds; entries sharing a call get
+    their model time plus a request share of the rest (building requests, scoring).
+    """
+    names = [(str(e.get("name") or e["task"]), str(e["task"])) for e in entries]
+    counts = counter.take(lm, leaf_map(names, results.get("group_subtasks") or {}))
+    total_requests = sum(c.requests for c in counts.values()) or 1
+    rest = max(seconds - sum(c.model_s for c in counts.values()), 0.0)
+    out = {}
+    for name, _task in names:
+        c = counts.get(name)
+        if len(names) == 1:
+            eval_s = seconds
+        else:
+            eval_s = (c.model_s + rest * c.requests / total_requests) if c else 0.0
+        out[name] = {"eval_s": eval_s, "requests": c.requests if c else 0,
+                     "tokens": c.tokens if c else 0}
+    return out
+
+
+def _store_samples(results: dict[str, Any], entry: dict[str, Any]) -> None:
+    from .samples import entry_samples, write_samples
+
+    logged = results.get("samples") or {}
+    names = [entry["task"], *_subtasks(results, entry["task"])]
+    per_task = entry_samples(logged, names)
+    if per_task:
+        write_samples(Path(entry["path"]), entry["entry_key"], per_task)
+
+
+def _subtasks(results: dict[str, Any], task: str) -> list[str]:
+    children = (results.get("group_subtasks") or {}).get(task) or []
+    return [leaf for child in children for leaf in (child, *_subtasks(results, child))]
 
 
 def _record_shard_run(report: dict[str, Any], lm: Any, tasks: list[str],

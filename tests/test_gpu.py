@@ -1,4 +1,4 @@
-"""What only a GPU can show: real NVML inventory and leases, the hf backend on CUDA.
+"""What only a GPU can show: NVML inventory and leases, hf and vllm on CUDA, OOM, hangs.
 
 Marked ``gpu``; skipped where NVML finds no GPU (CI has none).
 """
@@ -12,7 +12,7 @@ import pytest
 
 from pytest_disteval.gpus import LeaseManager, NoGPUError, NvmlInventory
 
-from conftest import Demo
+from conftest import ROOT, Demo
 from helpers import write_suite
 
 
@@ -67,3 +67,155 @@ def test_the_hf_backend_runs_on_a_gpu(project: pytest.Pytester, demo: Demo) -> N
     (start,) = [r for r in map(json.loads, (base / "workers.jsonl").read_text().splitlines())
                 if r["event"] == "start"]
     assert start["gpus"] == [_inventory().gpus()[0].index]  # type: ignore[union-attr]
+
+
+def test_a_real_cuda_oom_is_retried_at_smaller_batches(project: pytest.Pytester) -> None:
+    # a 32000-token vocabulary makes the logits the big allocation: lm-eval runs the
+    # 4 choices of a document as one row, so 1,000 rows of ~1,500 tokens in one batch
+    # need ~190 GB of bf16 logits and log-probabilities, more than any GPU has
+    import sys
+
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    from realistic import make_model, make_tasks
+
+    model = make_model(project.path / "tiny-32k", "tiny", device="cpu")
+    make_tasks(project.path / "suites", docs=1000, gen_docs=0, context_chars=1500)
+    write_suite(project, "oom", f"""\
+        disteval: 1
+        include: [tasks]
+        models:
+          - name: tiny
+            backend: hf
+            model_args: {{pretrained: {model}, dtype: bfloat16}}
+            batch_size: 8192
+        tasks:
+          - task: bench_mc
+            thresholds: {{acc: 0.0}}
+        """)
+    result = project.runpytest("suites", "--gpus", "1", "--disteval-timeout", "8m")
+    result.assert_outcomes(passed=1)
+    base = project.path / ".disteval"
+    (meta,) = (base / "runs").glob("*/meta.json")
+    retries = json.loads(meta.read_text())["timing"]["oom_retries"]
+    assert retries and retries[0] == {"from": 8192, "to": 4096}
+
+
+def test_a_hung_gpu_worker_is_killed_and_its_gpu_freed(
+        project: pytest.Pytester, demo: Demo, monkeypatch: pytest.MonkeyPatch) -> None:
+    import pynvml
+
+    write_suite(project, "hang", f"""\
+        disteval: 1
+        include: [tasks]
+        models:
+          - name: good
+            backend: hf
+            model_args: {{pretrained: {demo.good}, dtype: float32}}
+            timeout: 25s
+        tasks:
+          - task: arith_mc
+            thresholds: {{acc: 0.9}}
+        """)
+    inv = _inventory()
+    assert inv is not None
+    gpu = inv.gpus()[0]
+    pynvml.nvmlInit()
+    handle = pynvml.nvmlDeviceGetHandleByIndex(gpu.index)
+
+    def on_gpu() -> set[int]:
+        return {p.pid for p in pynvml.nvmlDeviceGetComputeRunningProcesses(handle)}
+
+    before = on_gpu()
+    monkeypatch.setenv("DISTEVAL_FAULT", "hang")
+    result = project.runpytest("suites", "--gpu-ids", str(gpu.index))
+    result.assert_outcomes(failed=1)
+    result.stdout.fnmatch_lines(["*worker killed after the job timeout of 25s*"])
+    (log,) = (project.path / ".disteval" / "logs").glob("*.log")
+    assert "hanging (DISTEVAL_FAULT=hang)" in log.read_text()  # it hung with the model loaded
+    # killed as a process group: nothing of it holds the GPU, and the lease is free
+    assert on_gpu() <= before
+    assert LeaseManager().holder(gpu) is None
+
+
+def test_the_vllm_backend_matches_hf_and_starts_its_engine_once(
+        project: pytest.Pytester, demo: Demo) -> None:
+    pytest.importorskip("vllm")
+    models = ""
+    for name, backend, extra in (
+            ("hf", "hf", ""),
+            ("vllm", "vllm", ", gpu_memory_utilization: 0.3, enforce_eager: true")):
+        models += f"""\
+          - name: {name}
+            backend: {backend}
+            model_args: {{pretrained: {demo.good}, dtype: bfloat16{extra}}}
+            batch_size: {'auto' if backend == 'vllm' else 64}
+"""
+    write_suite(project, "vllm", f"""\
+        disteval: 1
+        include: [tasks]
+        models:
+{models}
+        tasks:
+          - task: arith_mc
+            thresholds: {{acc: 0.9}}
+          - task: arith_gen
+            num_fewshot: 3
+            thresholds: {{exact_match,strict-match: 0.9}}
+        """)
+    result = project.runpytest("suites", "--gpus", "1", "--disteval-timeout", "8m")
+    result.assert_outcomes(passed=4)
+    base = project.path / ".disteval"
+    scores = {}
+    for name in ("hf", "vllm"):
+        data = json.loads(next((base / "results").rglob(f"{name}.json")).read_text())
+        scores[name] = (data["results"]["arith_mc"]["acc,none"],
+                        data["results"]["arith_gen"]["exact_match,strict-match"])
+    # bf16 numerics differ between the two engines' kernels: a document or two may flip
+    assert abs(scores["hf"][0] - scores["vllm"][0]) <= 0.02, scores
+    assert abs(scores["hf"][1] - scores["vllm"][1]) <= 0.02, scores
+    (log,) = [p for p in (base / "logs").glob("vllm-*.log")]
+    text = log.read_text()
+    # one worker, one model load, one engine for the job's two settings groups
+    assert text.count("[disteval] model loaded in") == 1
+    assert text.count("[disteval] evaluating") == 2
+
+
+def test_nvml_budgets_on_a_real_gpu(project: pytest.Pytester, demo: Demo) -> None:
+    """gpu_memory, group_gpu_memory and gpu_util judged on the NVML sampler's timeline."""
+    write_suite(project, "gpu-budgets", f"""\
+        disteval: 1
+        include: [tasks]
+        models:
+          - name: good
+            backend: hf
+            model_args: {{pretrained: {demo.good}, dtype: float32}}
+            batch_size: 64
+            budgets:
+              gpu_memory: 100GiB
+              group_gpu_memory: 1MiB
+              gpu_util: 100%
+              tokens_per_s: 1/s
+        tasks:
+          - task: arith_mc
+            thresholds: {{acc: 0.9}}
+        """)
+    result = project.runpytest("suites", "--gpus", "1", "--junitxml=r.xml", "-rs")
+    # 1MiB cannot hold a CUDA context, and the GPU idles while the model loads
+    result.assert_outcomes(passed=3, failed=2)
+    result.stdout.fnmatch_lines(["group_gpu_memory = * GiB, required <= 1 MiB, over by *"])
+    result.stdout.fnmatch_lines(["gpu_util = *%, required >= 100.0%, short by *%",
+                                 "mean utilisation per GPU: GPU *"])
+    base = project.path / ".disteval"
+    record = json.loads((base / "results" / "suites" / "gpu-budgets" / "good.json")
+                        .read_text())["config"]["disteval"]["job"]
+    gpu = _inventory().gpus()[0]  # type: ignore[union-attr]
+    assert record["device"] == "cuda" and record["groups"] == [[gpu.index]]
+    assert record["gpus"][0]["uuid"] == gpu.uuid
+    assert record["gpus"][0]["memory_total_bytes"] == gpu.total_memory
+    figures = record["gpu"]["per_device"][str(gpu.index)]
+    assert 2**20 < figures["peak_mem_bytes"] <= gpu.total_memory
+    assert record["gpu"]["group_peak_mem_bytes"] == figures["peak_mem_bytes"]  # one GPU
+    assert 0 <= figures["mean_util_pct"] <= 100 and record["gpu"]["imbalance"] is None
+    (timeline,) = record["gpu"]["timelines"]
+    assert json.loads(open(timeline).read())["t"]
+    assert record["tokens"] > record["requests"] > 0

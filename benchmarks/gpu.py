@@ -1,0 +1,309 @@
+"""One GPU, one command: plain lm-eval vs the plugin, packing, batch sizes, hf vs vllm.
+
+    python benchmarks/gpu.py --rounds 2 --out results/            # on a GPU machine
+    python benchmarks/gpu.py --only core,pack --rounds 1           # a subset
+    python benchmarks/gpu.py --quick                               # a CPU check of the script
+
+The job is realistic.py's: a random 1.1B Llama (bf16) on ``bench_mc`` (1,000
+documents, ~400-token contexts, 4 choices: 4,000 loglikelihood requests) and
+``bench_gen`` (500 greedy generations of up to 32 tokens). Each run is a whole
+process, timed from start to exit, with an NVML sampler (0.2 s) beside it.
+Rounds alternate their order so drift hits every run alike.
+
+runs (``--only`` takes names or their groups: core, pack, batch, vllm, gen):
+
+  core   lm_eval-hf      ``lm_eval run --model hf`` (batch 64) on bench_mc, as users run it
+         plugin-hf       ``pytest <suite> --gpus 1`` on an empty store (cold)
+         plugin-hf-warm  the same command again, answered from the store
+  pack   plugin-hf-pack2, plugin-hf-pack4   2 / 4 replicas packed on the GPU (cold)
+  batch  plugin-hf-bs16, plugin-hf-bs256    other batch sizes (cold)
+  vllm   plugin-vllm     the vllm backend on bench_mc (enforce_eager: no compile cache
+                         is kept between machines, so the first start would compile)
+  gen    plugin-hf-gen, plugin-vllm-gen     bench_gen on hf (batch 64) and vllm
+
+Tokens: the tokenizer is a character tokenizer, so a request's tokens are its
+characters: context + continuation for bench_mc, prompt + generated for bench_gen
+(generated counted as max_gen_toks: a random model never emits the stop string).
+Prints a table (wall, requests/s, tokens/s, mean GPU utilisation, peak GPU memory)
+and the ratios against the targets; ``--out`` keeps JSON and the workers' timing lines.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import statistics
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _common import machine_info  # noqa: E402
+from realistic import make_model, make_tasks  # noqa: E402
+
+GROUPS = {"core": ["lm_eval-hf", "plugin-hf", "plugin-hf-warm"],
+          "pack": ["plugin-hf-pack2", "plugin-hf-pack4"],
+          "batch": ["plugin-hf-bs16", "plugin-hf-bs256"],
+          "vllm": ["plugin-vllm"],
+          "gen": ["plugin-hf-gen", "plugin-vllm-gen"]}
+TARGETS = [  # (label, numerator run, denominator run, kind, bound)
+    ("plugin cold / plain lm_eval (wall)", "plugin-hf", "lm_eval-hf", "<=", 1.05),
+    ("warm rerun / cold run (wall)", "plugin-hf-warm", "plugin-hf", "<=", 0.10),
+    ("pack 2 throughput / plain lm_eval", "lm_eval-hf", "plugin-hf-pack2", ">=", 1.5),
+    ("pack 4 throughput / plain lm_eval", "lm_eval-hf", "plugin-hf-pack4", ">=", 1.5),
+    ("vllm / hf wall, bench_mc", "plugin-vllm", "plugin-hf", "", None),
+    ("vllm / hf wall, bench_gen", "plugin-vllm-gen", "plugin-hf-gen", "", None),
+]
+
+
+class Sampler:
+    """Mean utilisation and peak used memory of one GPU every ``period`` seconds."""
+
+    def __init__(self, index: int = 0, period: float = 0.2) -> None:
+        self.samples: list[tuple[int, int]] = []
+        self.period = period
+        self._stop = threading.Event()
+        try:
+            import pynvml
+
+            pynvml.nvmlInit()
+            self.nvml: Any = pynvml
+            self.handle = pynvml.nvmlDeviceGetHandleByIndex(index)
+        except Exception:  # no GPU (--quick on a CPU): no samples
+            self.nvml = None
+        self._thread = threading.Thread(target=self._loop, daemon=True)
+
+    def _loop(self) -> None:
+        while self.nvml is not None and not self._stop.is_set():
+            self.samples.append((self.nvml.nvmlDeviceGetUtilizationRates(self.handle).gpu,
+                                 self.nvml.nvmlDeviceGetMemoryInfo(self.handle).used))
+            self._stop.wait(self.period)
+
+    def __enter__(self) -> Sampler:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join()
+
+    def summary(self, idle_mem: int) -> dict[str, float | None]:
+        if not self.samples:
+            return {"mean_util_pct": None, "peak_mem_gib": None}
+        return {"mean_util_pct": round(statistics.fmean(u for u, _ in self.samples), 1),
+                "peak_mem_gib": round((max(m for _, m in self.samples) - idle_mem) / 2**30, 2)}
+
+
+def suite_text(name: str, backend: str, model: Path, task: str, batch: str,
+               device: str | None) -> str:
+    if backend == "vllm":
+        args = (f"{{pretrained: {model}, dtype: bfloat16, gpu_memory_utilization: 0.5, "
+                "enforce_eager: true, max_model_len: 2048}")
+    else:
+        args = f"{{pretrained: {model}, dtype: bfloat16}}"
+    dev = f"    device: {device}\n" if device else ""
+    return (f"disteval: 1\ninclude: [tasks]\nmodels:\n  - name: {name}\n    backend: {backend}\n"
+            f"    model_args: {args}\n    batch_size: {batch}\n{dev}"
+            f"tasks:\n  - task: {task}\n    thresholds: {{{_metric(task)}: 0.0}}\n")
+
+
+def _metric(task: str) -> str:
+    return "acc" if task == "bench_mc" else "exact_match"
+
+
+def task_tokens(suite_dir: Path, task: str, max_gen_toks: int = 32) -> tuple[int, int]:
+    """(requests, tokens) of a task: one character is one token."""
+    rows = [json.loads(line) for line in
+            (suite_dir / "data" / f"{task}.jsonl").read_text().splitlines()]
+    if task == "bench_mc":
+        return (sum(len(r["choices"]) for r in rows),
+                sum(len(r["context"]) + len(" " + c) for r in rows for c in r["choices"]))
+    return len(rows), sum(len(r["context"]) + max_gen_toks for r in rows)
+
+
+def plan_runs(work: Path, suite_dir: Path, model: Path, quick: bool) -> dict[str, dict[str, Any]]:
+    py = sys.executable
+    device = "cpu" if quick else None
+    gpus = ["--gpus", "0"] if quick else ["--gpus", "1"]
+    runs: dict[str, dict[str, Any]] = {
+        "lm_eval-hf": {"task": "bench_mc", "cwd": suite_dir, "command": [
+            py, "-m", "lm_eval", "run", "--model", "hf", "--model_args",
+            f"pretrained={model},dtype=bfloat16", "--tasks", "bench_mc", "--include_path",
+            str(suite_dir / "tasks"), "--batch_size", "64", "--device",
+            "cpu" if quick else "cuda:0", "--output_path", "{out}"]},
+    }
+
+    def plugin(name: str, backend: str, task: str, batch: str, extra: list[str]) -> None:
+        suite = suite_dir / f"{name}.yaml"
+        suite.write_text(suite_text(name, backend, model, task, batch, device))
+        runs[name] = {"task": task, "cwd": suite_dir, "command": [
+            py, "-m", "pytest", "-p", "no:cacheprovider", "-q", str(suite), *gpus,
+            "--disteval-dir={out}", *extra]}
+
+    plugin("plugin-hf", "hf", "bench_mc", "64", [])
+    runs["plugin-hf-warm"] = dict(runs["plugin-hf"], warm_of="plugin-hf")
+    for n in (2, 4):
+        plugin(f"plugin-hf-pack{n}", "hf", "bench_mc", "64", ["--disteval-pack", str(n)])
+    for bs in (16, 256):
+        plugin(f"plugin-hf-bs{bs}", "hf", "bench_mc", str(bs), [])
+    plugin("plugin-vllm", "vllm", "bench_mc", "auto", [])
+    plugin("plugin-hf-gen", "hf", "bench_gen", "64", [])
+    plugin("plugin-vllm-gen", "vllm", "bench_gen", "auto", [])
+    return runs
+
+
+def run_once(name: str, spec: dict[str, Any], out: Path, log: Path, env: dict[str, str],
+             idle_mem: int) -> dict[str, Any]:
+    command = [c.replace("{out}", str(out)) for c in spec["command"]]
+    start = time.perf_counter()
+    with Sampler() as sampler, log.open("w") as handle:
+        rc = subprocess.call(command, cwd=spec["cwd"], env=env, stdout=handle,
+                             stderr=subprocess.STDOUT)
+    row: dict[str, Any] = {"run": name, "wall_s": round(time.perf_counter() - start, 2),
+                           "returncode": rc, **sampler.summary(idle_mem)}
+    if rc != 0:
+        print(log.read_text()[-3000:], flush=True)
+    row["score"] = read_score(name, spec["task"], out)
+    return row
+
+
+def read_score(name: str, task: str, out: Path) -> float | None:
+    pattern = "**/results_*.json" if name.startswith("lm_eval") else "results/**/*.json"
+    for path in sorted(out.glob(pattern)):
+        data = json.loads(path.read_text())
+        table = data.get("results", {}).get(task, {})
+        for key, value in table.items():
+            if key.split(",")[0] == _metric(task) and isinstance(value, float):
+                return value
+    return None
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--rounds", type=int, default=2)
+    parser.add_argument("--only", default="core,pack,batch,vllm,gen",
+                        help="run names or groups, comma-separated (default: all)")
+    parser.add_argument("--quick", action="store_true",
+                        help="a tiny model on the CPU, few documents: checks the script")
+    parser.add_argument("--docs", type=int, default=None)
+    parser.add_argument("--work", type=Path, default=Path("/tmp/disteval-gpu"))
+    parser.add_argument("--out", type=Path, default=None)
+    args = parser.parse_args()
+    wanted: list[str] = []
+    for word in args.only.split(","):
+        wanted += GROUPS.get(word, [word] if word else [])
+    if args.quick:
+        wanted = [w for w in wanted if "vllm" not in w]
+    if "plugin-hf-warm" in wanted and "plugin-hf" not in wanted:
+        wanted.insert(wanted.index("plugin-hf-warm"), "plugin-hf")
+    docs = args.docs or (40 if args.quick else 1000)
+    work = args.work
+    suite_dir = work / "suite"
+    t0 = time.perf_counter()
+    model = make_model(work / ("llama-tiny" if args.quick else "llama-1.1b"),
+                       "tiny" if args.quick else "1.1b",
+                       device="cpu" if args.quick else "cuda")
+    make_tasks(suite_dir, docs=docs, gen_docs=docs // 2)
+    runs = plan_runs(work, suite_dir, model, args.quick)
+    unknown = [w for w in wanted if w not in runs]
+    if unknown:
+        raise SystemExit(f"unknown runs {unknown}; known: {sorted(runs)} and groups "
+                         f"{sorted(GROUPS)}")
+    print(f"model and tasks ready in {time.perf_counter() - t0:.1f}s", flush=True)
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1",
+           "TRANSFORMERS_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false",
+           "VLLM_WORKER_MULTIPROC_METHOD": "spawn", "PYTHONUNBUFFERED": "1"}
+    idle = Sampler()
+    idle_mem = (idle.nvml.nvmlDeviceGetMemoryInfo(idle.handle).used
+                if idle.nvml is not None else 0)
+    info = machine_info()
+    if idle.nvml is not None:
+        gpu_name = idle.nvml.nvmlDeviceGetName(idle.handle)
+        info["gpu"] = gpu_name if isinstance(gpu_name, str) else gpu_name.decode()
+    rows: list[dict[str, Any]] = []
+    logs = work / "logs"
+    logs.mkdir(parents=True, exist_ok=True)
+    order = [w for w in wanted if w != "plugin-hf-warm"]  # warm runs right after its cold
+    for r in range(args.rounds):
+        for name in (order if r % 2 == 0 else order[::-1]):
+            out = work / f"out-{name}-{r}"
+            shutil.rmtree(out, ignore_errors=True)
+            for this in [name] + (["plugin-hf-warm"] if name == "plugin-hf"
+                                  and "plugin-hf-warm" in wanted else []):
+                row = run_once(this, runs[this], out, logs / f"{this}-{r}.log", env, idle_mem)
+                row["round"] = r
+                rows.append(row)
+                print(f"round {r} {this:16s} wall {row['wall_s']:7.1f}s  util "
+                      f"{row['mean_util_pct']}%  peak {row['peak_mem_gib']} GiB  "
+                      f"score {row['score']}  rc {row['returncode']}", flush=True)
+    table = summarise(rows, runs, suite_dir)
+    ratios = ratio_lines(table)
+    print("\n" + "\n".join(render(table) + [""] + ratios))
+    failed = [r for r in rows if r["returncode"] != 0]
+    lines = []
+    for log in sorted(work.glob("out-*/logs/*.log")):
+        lines += [f"{log.parent.parent.name}/{log.name}: {line}"
+                  for line in log.read_text().splitlines() if "[disteval]" in line]
+    if args.out:
+        args.out.mkdir(parents=True, exist_ok=True)
+        (args.out / "gpu.json").write_text(json.dumps(
+            {"machine": info, "docs": docs, "rows": rows, "table": table,
+             "ratios": ratios}, indent=1))
+        (args.out / "gpu-workers.txt").write_text("\n".join(lines) + "\n")
+    if failed:
+        raise SystemExit(f"BENCHMARK FAILED: {[r['run'] for r in failed]} exited non-zero")
+
+
+def summarise(rows: list[dict[str, Any]], runs: dict[str, dict[str, Any]],
+              suite_dir: Path) -> dict[str, dict[str, Any]]:
+    table: dict[str, dict[str, Any]] = {}
+    for name in dict.fromkeys(r["run"] for r in rows):
+        mine = [r for r in rows if r["run"] == name and r["returncode"] == 0]
+        if not mine:
+            continue
+        wall = statistics.median(r["wall_s"] for r in mine)
+        requests, tokens = task_tokens(suite_dir, runs[name]["task"])
+        utils = [r["mean_util_pct"] for r in mine if r["mean_util_pct"] is not None]
+        mems = [r["peak_mem_gib"] for r in mine if r["peak_mem_gib"] is not None]
+        table[name] = {"wall_s": wall, "requests_per_s": round(requests / wall, 1),
+                       "tokens_per_s": round(tokens / wall), "rounds": len(mine),
+                       "mean_util_pct": round(statistics.fmean(utils), 1) if utils else None,
+                       "peak_mem_gib": max(mems) if mems else None,
+                       "scores": [r["score"] for r in mine]}
+    return table
+
+
+def render(table: dict[str, dict[str, Any]]) -> list[str]:
+    out = [f"{'run':<17}{'wall s':>8}{'req/s':>9}{'tok/s':>10}{'util %':>8}{'peak GiB':>10}"
+           f"  score"]
+    for name, t in table.items():
+        util = "-" if t["mean_util_pct"] is None else f"{t['mean_util_pct']:.1f}"
+        mem = "-" if t["peak_mem_gib"] is None else f"{t['peak_mem_gib']:.1f}"
+        scores = ", ".join("-" if s is None else f"{s:.4f}" for s in t["scores"])
+        out.append(f"{name:<17}{t['wall_s']:>8.1f}{t['requests_per_s']:>9.1f}"
+                   f"{t['tokens_per_s']:>10}{util:>8}{mem:>10}  {scores}")
+    return out
+
+
+def ratio_lines(table: dict[str, dict[str, Any]]) -> list[str]:
+    out = ["ratios of median wall times                 value   target   verdict"]
+    for label, num, den, kind, bound in TARGETS:
+        if num not in table or den not in table:
+            continue
+        value = table[num]["wall_s"] / table[den]["wall_s"]
+        verdict = ""
+        if bound is not None:
+            ok = value <= bound if kind == "<=" else value >= bound
+            verdict = "PASS" if ok else "MISS"
+        target = f"{kind} {bound}" if bound is not None else ""
+        out.append(f"  {label:<40}{value:>7.3f}   {target:<8} {verdict}")
+    return out
+
+
+if __name__ == "__main__":
+    main()
