@@ -126,7 +126,10 @@ def plan_job(job: EvalJob, options: GpuOptions, inv: Inventory | None,
     if dp is None and options.xdist_worker:
         dp = 1  # -n: xdist workers run jobs side by side, each on a group of its own
     fake = inv is not None and inv.source == "fake"
-    if not gpus or (model.device == "cpu" and not fake):
+    # Ray: actors hold the group's GPUs even for a device: cpu model (logical GPUs of a
+    # CPU cluster in CI); the model then runs on the CPU inside them, as with fake GPUs
+    on_ray = inv is not None and inv.source == "ray"
+    if not gpus or (model.device == "cpu" and not fake and not on_ray):
         # CPU: no groups to split a model over; dp replicas are processes
         if (isinstance(tp, int) and tp > 1) or (pp or 1) > 1:
             raise LayoutError(f"model {model.name!r} runs on CPU ({source}), where tp and pp "
@@ -150,6 +153,10 @@ def plan_job(job: EvalJob, options: GpuOptions, inv: Inventory | None,
     elif tp == "auto":
         raise LayoutError(f"tp: auto needs the model's config.json; {pretrained!r} is not a "
                           "local directory or a model in the local Hugging Face cache")
+    if on_ray and min(g.total_memory for g in gpus) == 0 and memory is not None:
+        notes.append("no memory check: Ray does not report GPU memory and this host has no "
+                     "GPU to read it from; set tp yourself")
+        memory = None
     layout = plan_layout(gpus_granted=len(gpus), gpu_memory=min(g.total_memory for g in gpus),
                          memory_needed=memory, tp=tp, pp=pp, dp=dp, heads=heads,
                          needs_heads_divisible=backend.splits_heads, gpus_source=source)
@@ -166,14 +173,34 @@ def plan_job(job: EvalJob, options: GpuOptions, inv: Inventory | None,
                      "running side by side (--dp sets it)")
     groups = [g for g in make_groups(gpus, layout.group_size, layout.dp, inv)
               for _ in range(options.pack)]
+    if on_ray:
+        _check_ray_groups(groups, inv, layout.group_size)
     if options.pack > 1:
         notes.append(f"{options.pack} replicas packed on each group (--disteval-pack)")
-    real = not fake
+    real = not fake and not (on_ray and model.device == "cpu")
+    if on_ray and not real:
+        notes.append("Ray: device: cpu, so the model runs on the CPU inside actors that "
+                     "hold the group's (logical) GPUs")
     if fake:
         notes.append("fake GPU inventory: workers run on the CPU, one per group")
     return JobPlan(layout, groups, candidates, real,
                    backend.model_args(model.model_args, layout, real), params, memory, notes,
                    gpu_args=None if real else backend.model_args(model.model_args, layout, True))
+
+
+def _check_ray_groups(groups: list[list[GPU]], inv: Inventory | None, size: int) -> None:
+    """A Ray actor lives on one node: its group must fit on one."""
+    if inv is None:
+        return
+    for group in groups:
+        if len({inv.domain(g) for g in group}) > 1:
+            per_node: dict[str | None, int] = {}
+            for gpu in inv.gpus():
+                per_node[inv.domain(gpu)] = per_node.get(inv.domain(gpu), 0) + 1
+            raise LayoutError(
+                f"a group of {size} GPUs does not fit on one Ray node (the largest has "
+                f"{max(per_node.values())}); a group never spans nodes: lower tp x pp to "
+                "at most a node's GPUs (vllm across nodes: docs/multi-node.md)")
 
 
 def groups_available(options: GpuOptions) -> int | None:

@@ -69,6 +69,12 @@ def pytest_addoption(parser: pytest.Parser) -> None:
     group.addoption("--disteval-model-args", dest="disteval_model_args", metavar="K=V,...",
                     help="Backend options merged into every model's model_args, e.g. "
                          "gpu_memory_utilization=0.8 (default: none)")
+    group.addoption("--disteval-executor", dest="disteval_executor", metavar="NAME",
+                    help="Where workers run: local (subprocesses on this host) or ray "
+                         "(actors on a Ray cluster, GPUs from Ray) (default: local)")
+    group.addoption("--ray-address", dest="ray_address", metavar="ADDRESS",
+                    help="Ray cluster for --disteval-executor ray: auto, ray://host:port or "
+                         "host:port (default: $RAY_ADDRESS, else a local Ray instance)")
     group.addoption("--disteval-baseline", dest="disteval_baseline", metavar="PATH",
                     help="Compare with the baseline file PATH: a regression item per threshold "
                          "metric (and per metric under a task entry's 'regression' key)")
@@ -112,6 +118,9 @@ def pytest_addoption(parser: pytest.Parser) -> None:
                        ("pp", "Pipeline parallel size"), ("dp", "Replicas per job"),
                        ("pack", "Replicas per group")):
         parser.addini(f"disteval_{name}", text, default="")
+    # the executor's keys (docs/multi-node.md)
+    parser.addini("disteval_executor", "Where workers run: local or ray", default="")
+    parser.addini("disteval_ray_address", "Ray cluster address for the ray executor", default="")
 
 
 def pytest_configure(config: pytest.Config) -> None:

@@ -24,7 +24,8 @@ import filelock
 
 from . import __version__, jobrecord, planner
 from .backends import BACKENDS
-from .executors.local import WorkerRun, kill_all, log_tail, run_worker
+from .executors.base import Executor, WorkerTask
+from .executors.local import LocalExecutor, WorkerRun, kill_all, log_tail
 from .fingerprint import digest
 from .gpus import GPU, Inventory, Lease, LeaseManager, LeaseTimeout, NoGPUError
 from .jobs import EvalJob, missing_data_files
@@ -123,6 +124,7 @@ class JobScheduler:
         self.leases = LeaseManager(os.environ.get("PYTEST_DISTEVAL_LOCK_DIR")
                                    or settings.base_dir / "leases"
                                    if settings.gpu.fake_gpus else None)
+        self.executor: Executor = _make_executor(settings)
         if settings.clear_cache and not settings.is_xdist_worker:
             ResultStore(settings.store_dir).clear()  # xdist: the controller clears, once
         if settings.use_cache:
@@ -134,6 +136,7 @@ class JobScheduler:
 
     def close(self) -> None:
         kill_all()  # a safety net: no worker outlives the session
+        self.executor.close()
         if self._pool is not None:
             self._pool.shutdown(wait=False, cancel_futures=True)
         if self._tmp is not None:
@@ -155,7 +158,7 @@ class JobScheduler:
             try:
                 self.outcomes[key] = future.result()
             except BaseException:
-                kill_all()  # Ctrl-C while waiting: the prefetched jobs' workers too
+                self.executor.kill_all()  # Ctrl-C while waiting: the prefetched jobs' too
                 raise
         known = self.outcomes.get(key)
         # entries added after the job ran (the fixture, a later call) need another run
@@ -261,7 +264,7 @@ class JobScheduler:
         timeout = job.model.timeout or self.settings.timeout
         started = time.perf_counter()
         owner = f"pytest-disteval {job.suite.path}::{job.name}"
-        if len(plan.groups) == 1:
+        if len(plan.groups) == 1 and not self.executor.remote:
             # one replica: any free group will do (xdist workers and other sessions share)
             lease = (self.leases.acquire_any(plan.candidates or plan.groups, timeout=timeout,
                                              owner=owner) if plan.groups[0] else None)
@@ -285,7 +288,8 @@ class JobScheduler:
         wanted = len({tuple(g.uuid for g in group) for group in plan.groups})
         chosen: list[list[GPU]] = []
         leases: dict[tuple[str, ...], Lease] = {}
-        if plan.groups[0]:
+        # a remote executor hands out GPUs itself (Ray's resources): no leases here
+        if plan.groups[0] and not self.executor.remote:
             with self._alloc:
                 for _ in range(wanted):
                     taken = {g.uuid for group in chosen for g in group}
@@ -297,7 +301,7 @@ class JobScheduler:
             replica_groups = [group for group in chosen for _ in range(pack)]
         else:
             replica_groups = plan.groups
-        distinct = chosen or plan.groups[:1]
+        distinct = chosen or (plan.groups if self.executor.remote else plan.groups[:1])
 
         def env_of(group: list[GPU]) -> dict[str, str]:
             lease = leases.get(tuple(g.uuid for g in group))
@@ -336,7 +340,7 @@ class JobScheduler:
                 for thread in threads:
                     thread.join()
             except BaseException:
-                kill_all()  # Ctrl-C lands in this thread; the shard workers must die with it
+                self.executor.kill_all()  # Ctrl-C lands here; the shard workers die with it
                 raise
             for index in sorted(runs):
                 if runs[index].returncode != 0:
@@ -389,17 +393,20 @@ class JobScheduler:
         if group and spec.get("mode") != "score":
             with self._alloc:  # shard threads append side by side
                 self._used.setdefault(job_key(job), []).append(group)
-        if group and plan.on_gpu:
+        # the scoring worker loads no model: it runs here, beside the session's store
+        executor = self.executor if spec.get("mode") != "score" else _LOCAL
+        task = WorkerTask(command, env, log_path, timeout, spec, spec_path, name, len(group))
+        if group and plan.on_gpu and not executor.remote:
             # NVML beside the worker: the group's timeline, kept in the run directory
             with GpuSampler([g.index for g in group]) as sampler:
-                run = run_worker(command, env=env, log_path=log_path, timeout=timeout)
+                run = executor.run(task)
             write_json_atomic(spec_path.parent / f"gpu-{name}.json", sampler.timeline())
             summary = sampler.summary()
             if summary is not None:
                 with self._alloc:  # shard threads append side by side
                     self._gpu.setdefault(job_key(job), []).append(summary)
         else:
-            run = run_worker(command, env=env, log_path=log_path, timeout=timeout)
+            run = executor.run(task)
         self._audit({"event": "end", **record, "returncode": run.returncode,
                      "wall_s": round(run.wall_s, 3)})
         return run
@@ -453,11 +460,19 @@ class JobScheduler:
         return inv.source if inv is not None else None
 
     def inventory(self) -> Inventory | None:
-        """This host's GPUs (or the fake ones), read once, on first use."""
+        """This host's GPUs (or the fake ones, or the Ray cluster's), read once, on first use."""
         if not self._inventory_loaded:
-            self._inventory_value = planner.inventory(self.settings.gpu)
+            self._inventory_value = self._executor_inventory() or planner.inventory(
+                self.settings.gpu)
             self._inventory_loaded = True
         return self._inventory_value
+
+    def _executor_inventory(self) -> Inventory | None:
+        from .executors.ray import RayExecutor
+
+        if isinstance(self.executor, RayExecutor) and self.settings.gpu.gpus != 0:
+            return self.executor.inventory()
+        return None
 
     def _sharing(self) -> int:
         """How many jobs run side by side: all of them when jobs are prefetched."""
@@ -573,6 +588,17 @@ class JobScheduler:
         path = self.settings.results_dir / job.suite.path.with_suffix("") / f"{job.name}.json"
         write_json_atomic(path, results)
         return path
+
+
+_LOCAL = LocalExecutor()
+
+
+def _make_executor(settings: Settings) -> Executor:
+    if settings.executor == "ray":
+        from .executors.ray import RayExecutor
+
+        return RayExecutor(settings.ray_address, settings.base_dir / "workers.jsonl")
+    return _LOCAL
 
 
 def job_key(job: EvalJob) -> str:

@@ -136,10 +136,14 @@ class DistevalSession:
         except (NoGPUError, ValueError) as exc:
             source = f"none ({exc})"
         reporter.write_sep("=", f"disteval plan (GPU inventory: {source})")
+        for line in _executor_lines(scheduler):
+            reporter.write_line(line)
         scheduler.plan_all()  # as the run would: several jobs share the groups
         for job in scheduler.jobs.values():
             try:
-                lines = scheduler.plan(job).describe(job, scheduler.settings.python)
+                plan = scheduler.plan(job)
+                lines = plan.describe(job, scheduler.settings.python)
+                lines += _executor_lines(scheduler, plan.groups)
             except LayoutError as exc:
                 lines = [f"job {job.suite.path}::{job.name}  backend={job.model.backend}",
                          f"  cannot lay out: {exc}"]
@@ -202,3 +206,19 @@ class DistevalSession:
         config.stash[SCHEDULER].close()
         if self.progress_fd is not None:
             os.close(self.progress_fd)
+
+
+def _executor_lines(scheduler: JobScheduler, groups: list[Any] | None = None) -> list[str]:
+    """The Ray placement in the plan: the cluster (groups None), or a job's actors."""
+    from .executors.ray import RayExecutor, RayInventory
+
+    executor = scheduler.executor
+    if not isinstance(executor, RayExecutor):
+        return []
+    try:
+        if groups is None:
+            return executor.describe_cluster()
+    except NoGPUError as exc:
+        return [f"executor: ray; {exc}"]
+    inv = scheduler.inventory()
+    return executor.describe_groups(groups, inv if isinstance(inv, RayInventory) else None)

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import math
 import os
+import re
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -43,6 +44,8 @@ class Settings:
     # run-wide --disteval-limit/-dtype/-batch-size/-model-args (overrides.py)
     overrides: overrides_mod.Overrides = overrides_mod.Overrides()
     doctor: bool = False  # --disteval-doctor: print the preflight checks, run nothing
+    executor: str = "local"  # "local" (subprocesses here) or "ray" (actors on a cluster)
+    ray_address: str | None = None  # None: a local Ray instance
     # baselines (baseline.py): compare with one, save one, the tests' significance level
     baseline: Path | None = None
     save_baseline: Path | None = None
@@ -127,6 +130,7 @@ def resolve(config: pytest.Config) -> Settings:
         reports=_report_options(config, base_dir),
         overrides=_overrides(config),
         doctor=bool(config.getoption("disteval_doctor", False)),
+        **_executor_options(config),
         **_baseline_options(config),
     )
 
@@ -142,6 +146,31 @@ def _overrides(config: pytest.Config) -> overrides_mod.Overrides:
         if value is not None:
             values[name] = parse(value, where)
     return overrides_mod.Overrides(**values)  # type: ignore[arg-type]
+EXECUTORS = ("local", "ray")
+
+
+def _executor_options(config: pytest.Config) -> dict[str, Any]:
+    value, where = _pick(config, "disteval_executor", "disteval_executor", "DISTEVAL_EXECUTOR")
+    executor = "local" if value is None else str(value).strip().lower()
+    if executor not in EXECUTORS:
+        raise pytest.UsageError(f"{where}: {value!r} is not valid: one of "
+                                f"{', '.join(EXECUTORS)}")
+    address, where_address = _pick(config, "ray_address", "disteval_ray_address", "RAY_ADDRESS")
+    if executor == "ray":
+        from .executors.ray import INSTALL_HINT, ray_available
+
+        if not ray_available():
+            raise pytest.UsageError(f"{where}: the ray executor needs Ray, which is not "
+                                    f"installed; install it with: {INSTALL_HINT}")
+        if config.getoption("disteval_fake_gpus"):
+            raise pytest.UsageError("--disteval-fake-gpus cannot be combined with "
+                                    f"{where} 'ray': the GPUs are the Ray cluster's (declare "
+                                    "logical ones with: ray start --head --num-gpus N)")
+    text = str(address).strip() if address not in (None, "") else None
+    if text is not None and not re.fullmatch(r"auto|ray://\S+|[\w.\-\[\]:]+:\d+", text):
+        raise pytest.UsageError(f"{where_address}: {text!r} is not valid: auto, host:port "
+                                "(the head's GCS port, 6379 by default) or ray://host:port")
+    return {"executor": executor, "ray_address": text}
 
 
 def _baseline_options(config: pytest.Config) -> dict[str, Any]:

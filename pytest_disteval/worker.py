@@ -150,15 +150,33 @@ def _mode(spec: dict[str, Any]) -> str:
 
 
 def _injected_fault(index: int, run_dir: Path) -> None:
-    """``DISTEVAL_FAULT=shard<i>:once|always`` makes shard i crash: how retries are tested."""
+    """``DISTEVAL_FAULT=shard<i>:once|always`` makes shard i crash: how retries are tested.
+
+    ``shard<i>:slow`` makes it slow instead (see _slowed): how a kill mid-shard is tested.
+    """
     fault = os.environ.get("DISTEVAL_FAULT", "")
     name, _, how = fault.partition(":")
-    if name != f"shard{index}":
+    if name != f"shard{index}" or how == "slow":
         return
     marker = run_dir / f"fault-shard{index}"
     if how == "always" or not marker.exists():
         marker.touch()
         raise RuntimeError(f"fault injected by DISTEVAL_FAULT={fault}")
+
+
+def _slowed(lm: Any, index: int) -> Any:
+    """With ``DISTEVAL_FAULT=shard<i>:slow``, each call of shard i's model takes 0.25 s more."""
+    if os.environ.get("DISTEVAL_FAULT") != f"shard{index}:slow":
+        return lm
+    for kind in ("loglikelihood", "loglikelihood_rolling", "generate_until"):
+        real = getattr(lm, kind)
+
+        def slow(requests: Any, real: Any = real) -> Any:
+            time.sleep(0.25)
+            return real(requests)
+
+        setattr(lm, kind, slow)
+    return lm
 
 
 def _wait_for_shards(go: Path) -> None:
@@ -225,7 +243,7 @@ def run(spec: dict[str, Any]) -> dict[str, Any]:
         if mode == "shard":
             index, count = spec["shard"]["index"], spec["shard"]["count"]
             _injected_fault(index, _run_dir(spec))
-            real_lm = counter.install(_load_model(spec))
+            real_lm = counter.install(_slowed(_load_model(spec), index))
             lm = ShardLM(_count_progress(real_lm, spec), store, spec["model_key"], index, count,
                          chunk_size=int(spec.get("chunk_size") or DEFAULT_CHUNK_SIZE),
                          log=lambda message: print(message, flush=True))
@@ -233,7 +251,9 @@ def run(spec: dict[str, Any]) -> dict[str, Any]:
                             "model_key": spec["model_key"], "responses": spec["responses"],
                             "complete": False, "runs": [], "requests_executed": 0,
                             "requests_in_shard": 0, "already_stored": 0, "tokens": 0.0,
-                            "seconds": 0.0}
+                            "seconds": 0.0,
+                            # the GPUs as this worker sees them (Ray or a lease set them)
+                            "cuda_visible_devices": os.environ.get("CUDA_VISIBLE_DEVICES")}
         else:
             # the model is not needed: every answer comes from the store. Multimodal
             # tasks pass lm-eval's check: the shards' real LM already passed it

@@ -13,6 +13,10 @@ import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from .base import WorkerTask
 
 # seconds a worker gets between SIGTERM and SIGKILL
 TERM_GRACE_S = 5.0
@@ -98,3 +102,20 @@ def log_tail(path: Path, lines: int = 25) -> str:
     except OSError:
         return "(no log)"
     return "\n".join(text.splitlines()[-lines:])
+
+
+class LocalExecutor:
+    """The default executor: each worker a subprocess of this process, on this host."""
+
+    name = "local"
+    remote = False
+
+    def run(self, task: WorkerTask) -> WorkerRun:
+        return run_worker(task.command, env=task.env, log_path=task.log_path,
+                          timeout=task.timeout)
+
+    def kill_all(self) -> None:
+        kill_all()
+
+    def close(self) -> None:
+        kill_all()
