@@ -157,15 +157,35 @@ def plan_runs(work: Path, suite_dir: Path, model: Path, quick: bool) -> dict[str
     return runs
 
 
+def wait_for_idle(idle_mem: int, limit_s: float = 60.0) -> float:
+    """Seconds until the GPU's memory is back near idle after the previous run.
+
+    A process's GPU memory is freed some time after it exits; vLLM refuses to start
+    while less than gpu_memory_utilization x total is free (seen on the H200: the
+    run after a 75 GiB hf generation found 63.6 GiB free and stopped).
+    """
+    sampler = Sampler()
+    if sampler.nvml is None:
+        return 0.0
+    start = time.perf_counter()
+    while time.perf_counter() - start < limit_s:
+        if sampler.nvml.nvmlDeviceGetMemoryInfo(sampler.handle).used <= idle_mem + 2**30:
+            break
+        time.sleep(0.5)
+    return round(time.perf_counter() - start, 1)
+
+
 def run_once(name: str, spec: dict[str, Any], out: Path, log: Path, env: dict[str, str],
              idle_mem: int) -> dict[str, Any]:
     command = [c.replace("{out}", str(out)) for c in spec["command"]]
+    waited = wait_for_idle(idle_mem)
     start = time.perf_counter()
     with Sampler() as sampler, log.open("w") as handle:
         rc = subprocess.call(command, cwd=spec["cwd"], env=env, stdout=handle,
                              stderr=subprocess.STDOUT)
     row: dict[str, Any] = {"run": name, "wall_s": round(time.perf_counter() - start, 2),
-                           "returncode": rc, **sampler.summary(idle_mem)}
+                           "returncode": rc, "waited_for_idle_s": waited,
+                           **sampler.summary(idle_mem)}
     if rc != 0:
         print(log.read_text()[-3000:], flush=True)
     row["score"] = read_score(name, spec["task"], out)
