@@ -9,25 +9,17 @@ its sources. Runs in the pytest process: no torch, no lm-eval.
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any
 
 from .budgets import IMBALANCE_POINTS
 from .gpus import GPU
 from .layout import Layout
-
-
-def _read(path: Path) -> dict[str, Any] | None:
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return None
-    return data if isinstance(data, dict) else None
+from .store import read_json_object
 
 
 def _timing(path: Path) -> dict[str, Any] | None:
-    meta = _read(path)
+    meta = read_json_object(path)
     timing = meta.get("timing") if meta else None
     return timing if isinstance(timing, dict) else None
 
@@ -110,7 +102,7 @@ def gpu_section(paths: list[Path]) -> tuple[dict[str, Any] | None, str | None]:
     reasons = []
     used = []
     for path in paths:
-        timeline = _read(path) or {}
+        timeline = read_json_object(path) or {}
         if timeline.get("unavailable"):
             reasons.append(str(timeline["unavailable"]))
         per_gpu = {int(i): g for i, g in (timeline.get("gpus") or {}).items()}

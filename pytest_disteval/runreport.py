@@ -8,7 +8,6 @@ the results files the items point at, so the report is the same with ``-n``.
 
 from __future__ import annotations
 
-import json
 import os
 import platform
 import socket
@@ -22,6 +21,7 @@ from typing import Any
 import pytest
 
 from . import __version__
+from .store import read_json_object
 
 SCHEMA_VERSION = 1
 
@@ -121,19 +121,13 @@ class RunRecorder:
             path = props.get("results")
             if path and job["results_path"] is None:
                 job["results_path"] = str(path)
-                results = _read_results(Path(str(path)))
+                results = read_json_object(Path(str(path)))
                 if results is not None:
                     job["results"] = results
                     job["job"] = (results.get("config", {}).get("disteval", {}) or {}).get("job")
         return list(jobs.values())
 
 
-def _read_results(path: Path) -> dict[str, Any] | None:
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return None
-    return data if isinstance(data, dict) else None
 
 
 def _skip_reason(report: pytest.TestReport) -> str | None:

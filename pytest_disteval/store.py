@@ -60,6 +60,15 @@ class ResultStore:
             shutil.rmtree(self.root)
 
 
+def read_json_object(path: Path) -> dict[str, Any] | None:
+    """A JSON object from ``path``; None when it is missing, unreadable or not an object."""
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    return data if isinstance(data, dict) else None
+
+
 def slice_task(results: dict[str, Any], task: str) -> dict[str, Any]:
     """The part of an lm-eval results dict that belongs to ``task`` and its subtasks."""
     names = {task}

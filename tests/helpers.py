@@ -26,3 +26,17 @@ def model_block(name: str, path: Path, *, extra: str = "") -> str:
     batch_size: 64
 """
     return block + textwrap.indent(textwrap.dedent(extra), "    ") if extra else block
+
+
+# a 3-shot multiple-choice task and a generation task, small: the dp and executor tests
+DP_TASKS = """\
+tasks:
+  - task: arith_mc
+    num_fewshot: 3
+    limit: 40
+    thresholds: {acc: 0.0}
+  - task: arith_gen
+    limit: 20
+    thresholds:
+      exact_match,strict-match: 0.0
+"""

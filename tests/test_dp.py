@@ -15,21 +15,11 @@ import pytest
 from pytest_disteval.gpus import FakeInventory, LeaseManager
 
 from conftest import Demo
-from helpers import model_block, write_suite
+from helpers import DP_TASKS, model_block, write_suite
 
 pytestmark = pytest.mark.slow
 
-TASKS = """\
-tasks:
-  - task: arith_mc
-    num_fewshot: 3
-    limit: 40
-    thresholds: {acc: 0.0}
-  - task: arith_gen
-    limit: 20
-    thresholds:
-      exact_match,strict-match: 0.0
-"""
+TASKS = DP_TASKS
 
 
 def dp_suite(project: pytest.Pytester, demo: Demo) -> None:

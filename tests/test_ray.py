@@ -23,23 +23,13 @@ from pathlib import Path
 import pytest
 
 from conftest import ROOT, Demo
-from helpers import model_block, write_suite
+from helpers import DP_TASKS, model_block, write_suite
 
 RAY_BIN = Path(sys.executable).with_name("ray")
 needs_ray = pytest.mark.skipif(importlib.util.find_spec("ray") is None or not RAY_BIN.exists(),
                                reason="ray is not installed (pip install 'pytest-disteval[ray]')")
 
-TASKS = """\
-tasks:
-  - task: arith_mc
-    num_fewshot: 3
-    limit: 40
-    thresholds: {acc: 0.0}
-  - task: arith_gen
-    limit: 20
-    thresholds:
-      exact_match,strict-match: 0.0
-"""
+TASKS = DP_TASKS
 # a CI cluster has no token set up; a real one should (docs/multi-node.md)
 RAY_ENV = {"RAY_AUTH_MODE": "disabled", "RAY_USAGE_STATS_ENABLED": "0"}
 
