@@ -62,26 +62,33 @@ TARGETS = [  # (label, numerator run, denominator run, kind, bound)
 
 
 class Sampler:
-    """Mean utilisation and peak used memory of one GPU every ``period`` seconds."""
+    """NVML utilisation and memory of one GPU (or all: ``index=None``) every ``period`` s.
 
-    def __init__(self, index: int = 0, period: float = 0.2) -> None:
-        self.samples: list[tuple[int, int]] = []
+    Each sample is (mean utilisation over the GPUs, memory used on the fullest GPU).
+    """
+
+    def __init__(self, index: int | None = 0, period: float = 0.2) -> None:
+        self.samples: list[tuple[float, int]] = []
         self.period = period
         self._stop = threading.Event()
+        self.handles: list[Any] = []
         try:
             import pynvml
 
             pynvml.nvmlInit()
             self.nvml: Any = pynvml
-            self.handle = pynvml.nvmlDeviceGetHandleByIndex(index)
+            indices = range(pynvml.nvmlDeviceGetCount()) if index is None else [index]
+            self.handles = [pynvml.nvmlDeviceGetHandleByIndex(i) for i in indices]
+            self.handle = self.handles[0]
         except Exception:  # no GPU (--quick on a CPU): no samples
             self.nvml = None
         self._thread = threading.Thread(target=self._loop, daemon=True)
 
     def _loop(self) -> None:
         while self.nvml is not None and not self._stop.is_set():
-            self.samples.append((self.nvml.nvmlDeviceGetUtilizationRates(self.handle).gpu,
-                                 self.nvml.nvmlDeviceGetMemoryInfo(self.handle).used))
+            utils = [self.nvml.nvmlDeviceGetUtilizationRates(h).gpu for h in self.handles]
+            mems = [self.nvml.nvmlDeviceGetMemoryInfo(h).used for h in self.handles]
+            self.samples.append((statistics.fmean(utils), max(mems)))
             self._stop.wait(self.period)
 
     def __enter__(self) -> Sampler:

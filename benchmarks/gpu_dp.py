@@ -25,11 +25,11 @@ import os
 import statistics
 import subprocess
 import sys
-import threading
 import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+from gpu import Sampler  # noqa: E402
 from realistic import make_model, make_tasks  # noqa: E402
 
 
@@ -48,45 +48,6 @@ tasks:
     thresholds: {{acc: 0.0}}
 """)
     return path
-
-
-class Sampler:
-    """NVML utilisation and memory of every GPU every `period` seconds."""
-
-    def __init__(self, index: int | None = None, period: float = 0.2) -> None:
-        import pynvml
-
-        pynvml.nvmlInit()
-        self.nvml = pynvml
-        count = pynvml.nvmlDeviceGetCount()
-        indices = range(count) if index is None else [index]
-        self.handles = [pynvml.nvmlDeviceGetHandleByIndex(i) for i in indices]
-        self.period = period
-        # (time, mean utilisation over the GPUs, memory used on the fullest GPU)
-        self.samples: list[tuple[float, float, int]] = []
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._loop, daemon=True)
-
-    def _loop(self) -> None:
-        while not self._stop.is_set():
-            utils = [self.nvml.nvmlDeviceGetUtilizationRates(h).gpu for h in self.handles]
-            mems = [self.nvml.nvmlDeviceGetMemoryInfo(h).used for h in self.handles]
-            self.samples.append((time.monotonic(), statistics.fmean(utils), max(mems)))
-            self._stop.wait(self.period)
-
-    def __enter__(self) -> Sampler:
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self._stop.set()
-        self._thread.join()
-
-    def summary(self, baseline_mem: int) -> dict[str, float]:
-        utils = [u for _, u, _ in self.samples]
-        return {"mean_util": statistics.fmean(utils) if utils else 0.0,
-                "peak_mem_gib": (max(m for *_, m in self.samples) - baseline_mem) / 2**30
-                if self.samples else 0.0}
 
 
 def timed(command: list[str], cwd: Path, env: dict[str, str], log: Path) -> dict[str, float]:
@@ -155,13 +116,13 @@ def main() -> None:
         order = names if r % 2 == 0 else names[::-1]
         for name in order:
             command, cwd = runs[name]
-            with Sampler() as sampler:
+            with Sampler(index=None) as sampler:
                 row = timed(command, cwd, env, work / f"{name}-{r}.log")
             row.update(sampler.summary(baseline))
             row.update({"run": name, "round": r})
             rows.append(row)
             print(f"round {r} {name:10s} wall {row['wall_s']:7.1f}s  util "
-                  f"{row['mean_util']:5.1f}%  peak {row['peak_mem_gib']:5.1f} GiB", flush=True)
+                  f"{row['mean_util_pct']:5.1f}%  peak {row['peak_mem_gib']:5.1f} GiB", flush=True)
     requests = 4 * args.docs
     table = []
     reference = "lm_eval" if "lm_eval" in runs else names[0]
@@ -170,7 +131,7 @@ def main() -> None:
         mine = [x for x in rows if x["run"] == name]
         wall = statistics.median(float(x["wall_s"]) for x in mine)
         table.append({"run": name, "median_wall_s": wall, "requests_per_s": requests / wall,
-                      "mean_util": statistics.fmean(float(x["mean_util"]) for x in mine),
+                      "mean_util": statistics.fmean(float(x["mean_util_pct"]) for x in mine),
                       "peak_mem_gib": max(float(x["peak_mem_gib"]) for x in mine),
                       "vs_lm_eval": wall / base, "throughput_vs_lm_eval": base / wall})
     scores = {}
