@@ -83,15 +83,6 @@ def pytest_addoption(parser: pytest.Parser) -> None:
                          "baseline file PATH")
     group.addoption("--disteval-alpha", dest="disteval_alpha", metavar="P",
                     help="Significance level of the regression tests (default: 0.05)")
-    for name, text in (("limit", "Documents per task entry, at most (quick look)"),
-                       ("dtype", "dtype for every model"),
-                       ("batch_size", "Batch size for every model"),
-                       ("model_args", "key=value,... merged into every model's model_args")):
-        parser.addini(f"disteval_{name}", text, default="")
-    for name, text in (("baseline", "Baseline file to compare with"),
-                       ("save_baseline", "Baseline file to write"),
-                       ("alpha", "Significance level of the regression tests")):
-        parser.addini(f"disteval_{name}", text, default="")
     group.addoption("--disteval-json", dest="disteval_json", metavar="PATH", default=None,
                     help="Write the JSON report of the run to PATH, or off "
                          "(default: <disteval dir>/report.json)")
@@ -104,23 +95,35 @@ def pytest_addoption(parser: pytest.Parser) -> None:
                     default=None,
                     help="Live progress of running jobs: auto (on a terminal only), on or off "
                          "(default: auto)")
-    for name, text in (("json", "Path of the JSON report, or off"),
-                       ("md", "Path of the markdown summary"),
-                       ("html", "Path of the HTML report"),
-                       ("progress", "Live progress: auto, on or off")):
+    # one ini key per option: the same words, resolved in settings.py (command line > ini > env)
+    for name, text in INI_KEYS:
         parser.addini(f"disteval_{name}", text, default="")
-    for name, text in (("dir", "Directory for the result store, results and logs"),
-                       ("cache", "Reuse stored results (true/false)"),
-                       ("timeout", "Wall-time limit of one job's worker"),
-                       ("gpus", "GPUs to use: a count, all, or 0"),
-                       ("gpu_ids", "Explicit GPU indices, e.g. 0,1,2,3"),
-                       ("tp", "Tensor parallel size, or auto"),
-                       ("pp", "Pipeline parallel size"), ("dp", "Replicas per job"),
-                       ("pack", "Replicas per group")):
-        parser.addini(f"disteval_{name}", text, default="")
-    # the executor's keys (docs/multi-node.md)
-    parser.addini("disteval_executor", "Where workers run: local or ray", default="")
-    parser.addini("disteval_ray_address", "Ray cluster address for the ray executor", default="")
+
+
+INI_KEYS = (
+    ("dir", "Directory for the result store, results and logs"),
+    ("cache", "Reuse stored results (true/false)"),
+    ("timeout", "Wall-time limit of one job's worker"),
+    ("gpus", "GPUs to use: a count, all, or 0"),
+    ("gpu_ids", "Explicit GPU indices, e.g. 0,1,2,3"),
+    ("tp", "Tensor parallel size, or auto"),
+    ("pp", "Pipeline parallel size"),
+    ("dp", "Replicas per job"),
+    ("pack", "Replicas per group"),
+    ("limit", "Documents per task entry, at most (quick look)"),
+    ("dtype", "dtype for every model"),
+    ("batch_size", "Batch size for every model"),
+    ("model_args", "key=value,... merged into every model's model_args"),
+    ("executor", "Where workers run: local or ray"),
+    ("ray_address", "Ray cluster address for the ray executor"),
+    ("baseline", "Baseline file to compare with"),
+    ("save_baseline", "Baseline file to write"),
+    ("alpha", "Significance level of the regression tests"),
+    ("json", "Path of the JSON report, or off"),
+    ("md", "Path of the markdown summary"),
+    ("html", "Path of the HTML report"),
+    ("progress", "Live progress: auto, on or off"),
+)
 
 
 def pytest_configure(config: pytest.Config) -> None:
