@@ -118,6 +118,14 @@ def resolve(config: pytest.Config) -> Settings:
             timeout = parse_duration(str(timeout_value))
         except ValueError as exc:
             raise pytest.UsageError(f"{where}: {exc}; or 'off' for no limit") from None
+    overrides = _overrides(config)
+    baselines = _baseline_options(config)
+    if overrides.limit and baselines.get("save_baseline"):
+        # a quick look's scores cover a few documents per task: as a baseline they
+        # would make every later full run look like a change
+        raise pytest.UsageError(
+            f"--disteval-save-baseline cannot be combined with --disteval-limit "
+            f"{overrides.limit}: a baseline records full runs; drop the limit to save one")
     return Settings(
         base_dir=base_dir,
         use_cache=use_cache,
@@ -128,10 +136,10 @@ def resolve(config: pytest.Config) -> Settings:
         plan_only=bool(config.getoption("disteval_plan")),
         is_xdist_worker=hasattr(config, "workerinput"),
         reports=_report_options(config, base_dir),
-        overrides=_overrides(config),
+        overrides=overrides,
         doctor=bool(config.getoption("disteval_doctor", False)),
         **_executor_options(config),
-        **_baseline_options(config),
+        **baselines,
     )
 
 

@@ -162,6 +162,16 @@ def test_alpha_must_be_a_probability(project: pytest.Pytester, demo: Demo) -> No
                                  "between 0 and 1, e.g. 0.05"])
 
 
+def test_a_quick_look_cannot_be_saved_as_a_baseline(project: pytest.Pytester, demo: Demo) -> None:
+    suite(project, demo.good)
+    result = project.runpytest("suites", "--collect-only", "--disteval-limit", "20",
+                               f"--disteval-save-baseline={project.path / 'b.json'}")
+    assert result.ret == pytest.ExitCode.USAGE_ERROR
+    result.stderr.fnmatch_lines(["*--disteval-save-baseline cannot be combined with "
+                                 "--disteval-limit 20: a baseline records full runs*"])
+    assert not (project.path / "b.json").exists()
+
+
 def test_regression_items_exist_only_with_a_baseline_and_are_selectable(
         project: pytest.Pytester, demo: Demo) -> None:
     suite(project, demo.good, extra=EXTRA.replace("thresholds: {acc: 0.0}",
