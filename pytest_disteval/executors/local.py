@@ -65,6 +65,47 @@ def kill_group(proc: subprocess.Popen[bytes]) -> None:
         pass
 
 
+def reap_group(pgid: int) -> None:
+    """End what is left of an exited worker's process group: SIGTERM, a grace, SIGKILL."""
+    try:
+        os.killpg(pgid, signal.SIGTERM)
+    except (ProcessLookupError, PermissionError):
+        return  # nothing left: the usual case
+    deadline = time.monotonic() + TERM_GRACE_S
+    while time.monotonic() < deadline and _group_alive(pgid):
+        time.sleep(0.05)
+    if not _group_alive(pgid):
+        return
+    try:
+        os.killpg(pgid, signal.SIGKILL)
+    except (ProcessLookupError, PermissionError):
+        pass
+
+
+def _group_alive(pgid: int) -> bool:
+    """Whether a process of the group is still running (zombies do not count: a PID 1
+    that never reaps would otherwise make every wait run to its end)."""
+    proc_dir = Path("/proc")
+    if not proc_dir.is_dir():
+        try:
+            os.killpg(pgid, 0)
+        except (ProcessLookupError, PermissionError):
+            return False
+        return True
+    for entry in proc_dir.iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            stat = (entry / "stat").read_text()
+        except OSError:
+            continue
+        # "pid (comm) state ppid pgrp ...": comm may hold spaces and parentheses
+        fields = stat.rsplit(")", 1)[-1].split()
+        if len(fields) > 2 and fields[2] == str(pgid) and fields[0] != "Z":
+            return True
+    return False
+
+
 def run_worker(command: list[str], *, env: dict[str, str], log_path: Path,
                timeout: float | None, cwd: Path | None = None) -> WorkerRun:
     log_path.parent.mkdir(parents=True, exist_ok=True)
@@ -79,6 +120,9 @@ def run_worker(command: list[str], *, env: dict[str, str], log_path: Path,
         try:
             returncode: int | None = proc.wait(timeout=timeout)
             timed_out = False
+            # the worker ends with os._exit (no interpreter teardown), so a child it started
+            # (vLLM's engine core) is not shut down with it and would keep the GPU's memory
+            reap_group(proc.pid)
         except subprocess.TimeoutExpired:
             kill_group(proc)
             returncode, timed_out = None, True
