@@ -9,8 +9,10 @@ lets the caller evaluate JavaScript in it.
 from __future__ import annotations
 
 import json
+import os
 import re
 import shutil
+import signal
 import subprocess
 import tempfile
 import time
@@ -42,7 +44,9 @@ class Browser:
 
     def __init__(self, executable: str) -> None:
         self.executable = executable
-        self._profile = tempfile.TemporaryDirectory(prefix="disteval-chromium-")
+        # Chromium's helper processes may still write into the profile as it goes
+        self._profile = tempfile.TemporaryDirectory(prefix="disteval-chromium-",
+                                                    ignore_cleanup_errors=True)
         self._proc: subprocess.Popen[str] | None = None
         self._ws: Any = None
         self._id = 0
@@ -55,7 +59,8 @@ class Browser:
              "--no-first-run", "--no-default-browser-check", "--disable-extensions",
              "--remote-debugging-port=0", f"--user-data-dir={self._profile.name}",
              "--window-size=1400,1000", "about:blank"],
-            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+            start_new_session=True)  # its renderer, GPU and crash helpers end with it
         port = self._port()
         deadline = time.monotonic() + 30
         while True:
@@ -92,6 +97,10 @@ class Browser:
             except subprocess.TimeoutExpired:
                 self._proc.kill()
                 self._proc.wait()
+            try:
+                os.killpg(self._proc.pid, signal.SIGKILL)  # helpers left behind
+            except (ProcessLookupError, PermissionError):
+                pass
             if self._proc.stderr is not None:
                 self._proc.stderr.close()
         self._profile.cleanup()
