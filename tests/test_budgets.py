@@ -19,37 +19,33 @@ from typing import Any
 import pytest
 
 from conftest import DEMO_MODELS, ROOT, SUITES
+from helpers import model_block
 
 pytestmark = pytest.mark.slow
 
-SUITE = f"""\
-disteval: 1
-include: [tasks]
-models:
-  - name: good
-    backend: hf
-    model_args: {{pretrained: {DEMO_MODELS / "tiny-arith"}, dtype: float32}}
-    device: cpu
-    batch_size: 64
-    budgets:
-      wall_time: 10m
-      load_time: 5m
-      task_time: 10m
-      requests_per_s: 1 req/s
-      tokens_per_s: 10000000/s
-      host_rss: 1MiB
-      gpu_memory: 20GiB
-      group_gpu_memory: 80GB
-      gpu_util: 40%
+BUDGETS = """\
+budgets:
+  wall_time: 10m
+  load_time: 5m
+  task_time: 10m
+  requests_per_s: 1 req/s
+  tokens_per_s: 10000000/s
+  host_rss: 1MiB
+  gpu_memory: 20GiB
+  group_gpu_memory: 80GB
+  gpu_util: 40%
+"""
+SUITE = ("disteval: 1\ninclude: [tasks]\nmodels:\n"
+         + model_block("good", DEMO_MODELS / "tiny-arith", extra=BUDGETS)) + """\
 tasks:
   - task: arith_mc
     limit: 40
-    thresholds: {{acc: 0.9}}
+    thresholds: {acc: 0.9}
   - task: arith_gen
     limit: 10
     thresholds:
       exact_match,strict-match: 0.9
-    budgets: {{task_time: 1ms}}
+    budgets: {task_time: 1ms}
 """
 
 

@@ -19,22 +19,11 @@ from browser import Browser, find_chromium
 from test_report_render import report as contract_report
 
 from conftest import DEMO_MODELS, ROOT, SUITES
+from helpers import model_block
 
-SUITE = f"""\
-disteval: 1
-include: [tasks]
-models:
-  - name: good
-    backend: hf
-    model_args: {{pretrained: {DEMO_MODELS / "tiny-arith"}, dtype: float32}}
-    device: cpu
-    batch_size: 64
-    budgets: {{wall_time: 10m}}
-  - name: weak
-    backend: hf
-    model_args: {{pretrained: {DEMO_MODELS / "tiny-arith-untrained"}, dtype: float32}}
-    device: cpu
-    batch_size: 64
+SUITE = ("disteval: 1\ninclude: [tasks]\nmodels:\n"
+         + model_block("good", DEMO_MODELS / "tiny-arith", extra="budgets: {wall_time: 10m}\n")
+         + model_block("weak", DEMO_MODELS / "tiny-arith-untrained")) + """\
 tasks:
   - task: arith_mc
     limit: 40
