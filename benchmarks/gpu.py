@@ -15,7 +15,10 @@ runs (``--only`` takes names or their groups: core, pack, batch, vllm, gen):
   core   lm_eval-hf      ``lm_eval run --model hf`` (batch 64) on bench_mc, as users run it
          plugin-hf       ``pytest <suite> --gpus 1`` on an empty store (cold)
          plugin-hf-warm  the same command again, answered from the store
-  pack   plugin-hf-pack2, plugin-hf-pack4   2 / 4 replicas packed on the GPU (cold)
+  pack   plugin-hf-pack2, -pack4, -pack8   2 / 4 / 8 replicas packed on the GPU (cold)
+  start  plugin-hf-subprocess, plugin-hf-pack4-subprocess   the same with
+         --disteval-worker-start=subprocess: every worker imports torch,
+         transformers and lm-eval itself (the default forks them from one server)
   batch  plugin-hf-bs16, plugin-hf-bs256    other batch sizes (cold)
   vllm   plugin-vllm     the vllm backend on bench_mc (enforce_eager: no compile cache
                          is kept between machines, so the first start would compile)
@@ -47,7 +50,8 @@ from _common import machine_info  # noqa: E402
 from realistic import make_model, make_tasks  # noqa: E402
 
 GROUPS = {"core": ["lm_eval-hf", "plugin-hf", "plugin-hf-warm"],
-          "pack": ["plugin-hf-pack2", "plugin-hf-pack4"],
+          "pack": ["plugin-hf-pack2", "plugin-hf-pack4", "plugin-hf-pack8"],
+          "start": ["plugin-hf-subprocess", "plugin-hf-pack4-subprocess"],
           "batch": ["plugin-hf-bs16", "plugin-hf-bs256"],
           "vllm": ["plugin-vllm"],
           "gen": ["plugin-hf-gen", "plugin-vllm-gen"]}
@@ -56,6 +60,10 @@ TARGETS = [  # (label, numerator run, denominator run, kind, bound)
     ("warm rerun / cold run (wall)", "plugin-hf-warm", "plugin-hf", "<=", 0.10),
     ("pack 2 throughput / plain lm_eval", "lm_eval-hf", "plugin-hf-pack2", ">=", 1.5),
     ("pack 4 throughput / plain lm_eval", "lm_eval-hf", "plugin-hf-pack4", ">=", 1.5),
+    ("pack 8 throughput / plain lm_eval", "lm_eval-hf", "plugin-hf-pack8", ">=", 1.5),
+    ("forked / subprocess workers, cold", "plugin-hf", "plugin-hf-subprocess", "", None),
+    ("forked / subprocess workers, pack 4", "plugin-hf-pack4", "plugin-hf-pack4-subprocess",
+     "", None),
     ("vllm / hf wall, bench_mc", "plugin-vllm", "plugin-hf", "", None),
     ("vllm / hf wall, bench_gen", "plugin-vllm-gen", "plugin-hf-gen", "", None),
 ]
@@ -154,8 +162,12 @@ def plan_runs(work: Path, suite_dir: Path, model: Path, quick: bool) -> dict[str
 
     plugin("plugin-hf", "hf", "bench_mc", "64", [])
     runs["plugin-hf-warm"] = dict(runs["plugin-hf"], warm_of="plugin-hf")
-    for n in (2, 4):
+    for n in (2, 4, 8):
         plugin(f"plugin-hf-pack{n}", "hf", "bench_mc", "64", ["--disteval-pack", str(n)])
+    # the same runs with every worker importing everything itself (the forkserver off)
+    plugin("plugin-hf-subprocess", "hf", "bench_mc", "64", ["--disteval-worker-start=subprocess"])
+    plugin("plugin-hf-pack4-subprocess", "hf", "bench_mc", "64",
+           ["--disteval-pack", "4", "--disteval-worker-start=subprocess"])
     for bs in (16, 256):
         plugin(f"plugin-hf-bs{bs}", "hf", "bench_mc", str(bs), [])
     plugin("plugin-vllm", "vllm", "bench_mc", "auto", [])
@@ -265,6 +277,10 @@ def main() -> None:
                 row = run_once(this, runs[this], out, logs / f"{this}-{r}.log", env, idle_mem)
                 row["round"] = r
                 rows.append(row)
+                if args.out:  # row by row: a call cut short keeps what it measured
+                    args.out.mkdir(parents=True, exist_ok=True)
+                    with (args.out / "rows.jsonl").open("a") as handle:
+                        handle.write(json.dumps(row) + "\n")
                 print(f"round {r} {this:16s} wall {row['wall_s']:7.1f}s  util "
                       f"{row['mean_util_pct']}%  peak {row['peak_mem_gib']} GiB  "
                       f"score {row['score']}  rc {row['returncode']}", flush=True)

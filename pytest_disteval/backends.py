@@ -13,6 +13,7 @@ import importlib.util
 from dataclasses import dataclass, field
 from typing import Any
 
+from .executors.forkserver import COMMON_PRELOAD
 from .layout import Layout, LayoutError
 
 # model_args keys the layout decides
@@ -31,6 +32,9 @@ class Backend:
     torchrun: bool  # one process per GPU of the group
     # worker environment defaults (the user's own environment wins)
     env: dict[str, str] = field(default_factory=dict)
+    # what a forkserver imports before forking this backend's workers (executors/
+    # forkserver.py); None: its workers start as subprocesses (not checked to fork safely)
+    preload: tuple[str, ...] | None = None
 
     def available(self) -> bool:
         # find_spec does not import the package: collection and planning stay light
@@ -77,9 +81,14 @@ class Backend:
 
 
 BACKENDS: dict[str, Backend] = {
+    # forked from a server that imported its model stack (tests/test_forkserver_runs.py)
     "hf": Backend("hf", "hf", "transformers", "pip install 'pytest-disteval[hf]'",
-                  splits_heads=False, torchrun=False),
-    # vLLM's engine processes must not fork a process that may already hold CUDA
+                  splits_heads=False, torchrun=False,
+                  preload=("torch", "transformers", "lm_eval.models.huggingface",
+                           *COMMON_PRELOAD)),
+    # vLLM's engine processes must not fork a process that may already hold CUDA.
+    # Not forked from the forkserver: vLLM starts processes and threads of its own
+    # and its import was not checked to leave the server fork-safe
     "vllm": Backend("vllm", "vllm", "vllm", "pip install vllm",
                     splits_heads=True, torchrun=False,
                     env={"VLLM_WORKER_MULTIPROC_METHOD": "spawn"}),

@@ -72,6 +72,11 @@ def pytest_addoption(parser: pytest.Parser) -> None:
     group.addoption("--disteval-executor", dest="disteval_executor", metavar="NAME",
                     help="Where workers run: local (subprocesses on this host) or ray "
                          "(actors on a Ray cluster, GPUs from Ray) (default: local)")
+    group.addoption("--disteval-worker-start", dest="disteval_worker_start", metavar="HOW",
+                    help="How local workers start: forkserver (hf and scoring workers forked "
+                         "from one process that imported torch, transformers and lm-eval "
+                         "once), subprocess (each imports everything itself), or auto "
+                         "(forkserver for jobs on the CPU, subprocess on GPUs) (default: auto)")
     group.addoption("--ray-address", dest="ray_address", metavar="ADDRESS",
                     help="Ray cluster for --disteval-executor ray: auto, ray://host:port or "
                          "host:port (default: $RAY_ADDRESS, else a local Ray instance)")
@@ -115,6 +120,7 @@ INI_KEYS = (
     ("batch_size", "Batch size for every model"),
     ("model_args", "key=value,... merged into every model's model_args"),
     ("executor", "Where workers run: local or ray"),
+    ("worker_start", "How local workers start: auto, forkserver or subprocess"),
     ("ray_address", "Ray cluster address for the ray executor"),
     ("baseline", "Baseline file to compare with"),
     ("save_baseline", "Baseline file to write"),

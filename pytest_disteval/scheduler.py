@@ -25,6 +25,7 @@ import filelock
 from . import __version__, jobrecord, planner
 from .backends import BACKENDS
 from .executors.base import Executor, WorkerTask
+from .executors.forkserver import COMMON_PRELOAD
 from .executors.local import LocalExecutor, WorkerRun, kill_all, log_tail
 from .fingerprint import digest
 from .gpus import GPU, Inventory, Lease, LeaseManager, LeaseTimeout, NoGPUError
@@ -124,7 +125,9 @@ class JobScheduler:
         self.leases = LeaseManager(os.environ.get("PYTEST_DISTEVAL_LOCK_DIR")
                                    or settings.base_dir / "leases"
                                    if settings.gpu.fake_gpus else None)
-        self.executor: Executor = _make_executor(settings)
+        # this host's workers (and a Ray run's scoring worker): forked or subprocesses
+        self._local = LocalExecutor(settings.worker_start, settings.logs_dir)
+        self.executor: Executor = _make_executor(settings, self._local)
         if settings.clear_cache and not settings.is_xdist_worker:
             ResultStore(settings.store_dir).clear()  # xdist: the controller clears, once
         if settings.use_cache:
@@ -137,6 +140,7 @@ class JobScheduler:
     def close(self) -> None:
         kill_all()  # a safety net: no worker outlives the session
         self.executor.close()
+        self._local.close()  # the forkserver too
         if self._pool is not None:
             self._pool.shutdown(wait=False, cancel_futures=True)
         if self._tmp is not None:
@@ -394,8 +398,10 @@ class JobScheduler:
             with self._alloc:  # shard threads append side by side
                 self._used.setdefault(job_key(job), []).append(group)
         # the scoring worker loads no model: it runs here, beside the session's store
-        executor = self.executor if spec.get("mode") != "score" else _LOCAL
+        executor = self.executor if spec.get("mode") != "score" else self._local
         task = WorkerTask(command, env, log_path, timeout, spec, spec_path, name, len(group))
+        # what a forked worker's server must have imported (None: never forked)
+        task.extra["preload"] = self._preload(backend, plan, spec.get("mode"))
         if group and plan.on_gpu and not executor.remote:
             # NVML beside the worker: the group's timeline, kept in the run directory
             with GpuSampler([g.index for g in group]) as sampler:
@@ -477,6 +483,44 @@ class JobScheduler:
     def _sharing(self) -> int:
         """How many jobs run side by side: all of them when jobs are prefetched."""
         return len(self.jobs) if self._prefetching else 1
+
+    def _preload(self, backend: Any, plan: JobPlan, mode: str | None) -> tuple[str, ...] | None:
+        """What the forkserver must have imported to fork this worker; None: a subprocess."""
+        start = self.settings.worker_start
+        if start == "subprocess" or (start == "auto" and plan.on_gpu):
+            # auto: forking beside CUDA is guarded (executors/forkserver.py) but not yet
+            # measured on a GPU machine, so GPU jobs keep their subprocesses for now
+            return None
+        return COMMON_PRELOAD if mode == "score" else backend.preload
+
+    def warm_up(self) -> None:
+        """Start the forkserver now when a job will fork its workers from it.
+
+        Its imports (10-15 s on a GPU machine) then overlap the preflight, the leases
+        and the other workers' start instead of following them. Nothing starts when
+        every entry is stored (a warm rerun) or no backend forks (vllm, torchrun).
+        """
+        if self.executor.remote:
+            return
+        for job in self.jobs.values():
+            backend = BACKENDS.get(job.model.backend)
+            if backend is None or self._plan_failure(job):
+                continue
+            plan = self.plan(job)
+            if self._preload(backend, plan, "direct") is None:
+                continue
+            layout = plan.layout
+            if backend.torchrun and layout.group_size > 1:
+                continue
+            job.set_split(layout.tp, layout.pp)
+            if all(self.store.get(job.model_key, job.entry_key(e)) is not None
+                   for e in job.entries):
+                continue
+            env = worker_env()
+            for name, value in backend.env.items():
+                env.setdefault(name, value)
+            self._local.prestart(self.settings.python, backend.preload, env)
+            return
 
     def prefetch(self) -> None:
         """Start every job now, side by side on free groups; items then wait for theirs.
@@ -590,15 +634,12 @@ class JobScheduler:
         return path
 
 
-_LOCAL = LocalExecutor()
-
-
-def _make_executor(settings: Settings) -> Executor:
+def _make_executor(settings: Settings, local: LocalExecutor) -> Executor:
     if settings.executor == "ray":
         from .executors.ray import RayExecutor
 
         return RayExecutor(settings.ray_address, settings.base_dir / "workers.jsonl")
-    return _LOCAL
+    return local
 
 
 def job_key(job: EvalJob) -> str:

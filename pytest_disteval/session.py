@@ -158,6 +158,8 @@ class DistevalSession:
         if self.config.stash[SETTINGS].plan_only or self.config.stash[SETTINGS].doctor:
             return True  # the plan or the checks are printed; nothing runs
         if not session.config.option.collectonly and session.items:
+            # the forkserver's imports overlap the preflight's checks
+            self.config.stash[SCHEDULER].warm_up()
             self._preflight(session)
         if not session.config.option.collectonly:
             # with GPUs, jobs start now, side by side on free groups

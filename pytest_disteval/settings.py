@@ -16,6 +16,7 @@ from typing import Any
 import pytest
 
 from . import overrides as overrides_mod
+from .executors.local import START_METHODS
 from .planner import GpuOptions
 from .units import parse_duration
 
@@ -44,7 +45,8 @@ class Settings:
     # run-wide --disteval-limit/-dtype/-batch-size/-model-args (overrides.py)
     overrides: overrides_mod.Overrides = overrides_mod.Overrides()
     doctor: bool = False  # --disteval-doctor: print the preflight checks, run nothing
-    executor: str = "local"  # "local" (subprocesses here) or "ray" (actors on a cluster)
+    executor: str = "local"  # "local" (processes here) or "ray" (actors on a cluster)
+    worker_start: str = "auto"  # local workers: "auto", "forkserver" or "subprocess"
     ray_address: str | None = None  # None: a local Ray instance
     # baselines (baseline.py): compare with one, save one, the tests' significance level
     baseline: Path | None = None
@@ -178,7 +180,13 @@ def _executor_options(config: pytest.Config) -> dict[str, Any]:
     if text is not None and not re.fullmatch(r"auto|ray://\S+|[\w.\-\[\]:]+:\d+", text):
         raise pytest.UsageError(f"{where_address}: {text!r} is not valid: auto, host:port "
                                 "(the head's GCS port, 6379 by default) or ray://host:port")
-    return {"executor": executor, "ray_address": text}
+    start, where_start = _pick(config, "disteval_worker_start", "disteval_worker_start",
+                               "DISTEVAL_WORKER_START")
+    worker_start = "auto" if start is None else str(start).strip().lower()
+    if worker_start not in START_METHODS:
+        raise pytest.UsageError(f"{where_start}: {start!r} is not valid: one of "
+                                f"{', '.join(START_METHODS)}")
+    return {"executor": executor, "ray_address": text, "worker_start": worker_start}
 
 
 def _baseline_options(config: pytest.Config) -> dict[str, Any]:

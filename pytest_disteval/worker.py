@@ -270,7 +270,10 @@ def run(spec: dict[str, Any]) -> dict[str, Any]:
             # a wedged worker with its model loaded: how the job timeout is tested on a GPU
             print("[disteval] hanging (DISTEVAL_FAULT=hang)", flush=True)
             time.sleep(10**6)
-        print(f"[disteval] model loaded in {loaded - indexed:.1f}s", flush=True)
+        torch = sys.modules.get("torch")
+        # packed replicas share the cores: each says how many torch uses
+        threads = f" (torch threads {torch.get_num_threads()})" if torch is not None else ""
+        print(f"[disteval] model loaded in {loaded - indexed:.1f}s{threads}", flush=True)
     timing: dict[str, Any] = {"import_s": imported - started, "task_index_s": indexed - imported,
                               "load_s": loaded - indexed,
                               "runs": [], "tasks": {}, "oom_retries": []}

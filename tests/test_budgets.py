@@ -95,7 +95,7 @@ def test_budgets_pass_and_fail_with_messages_that_say_which_way(runs: tuple[Run,
     for expected in (
         "tokens_per_s = *, required >= 10000000/s, short by *",
         "tokens counted: *, over *s of evaluation (lm-eval's simple_evaluate calls)",
-        "host_rss = * GiB, required <= 1 MiB, over by *",
+        "host_rss = * ?iB, required <= 1 MiB, over by *",
         "task_time = *, required <= 1ms, over by *",
         "defined at: suites/budget.yaml:27",
     ):

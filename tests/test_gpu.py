@@ -68,6 +68,47 @@ def test_the_hf_backend_runs_on_a_gpu(project: pytest.Pytester, demo: Demo) -> N
     (start,) = [r for r in map(json.loads, (base / "workers.jsonl").read_text().splitlines())
                 if r["event"] == "start"]
     assert start["gpus"] == [_inventory().gpus()[0].index]  # type: ignore[union-attr]
+    # auto: a job on a GPU starts its worker as a subprocess (forking is opt-in there)
+    (log,) = (base / "logs").glob("*.log")
+    assert "forked from the forkserver" not in log.read_text()
+
+
+def test_forked_workers_on_a_gpu_see_their_group_and_score_the_same(
+        project: pytest.Pytester, demo: Demo) -> None:
+    write_suite(project, "gpu", f"""\
+        disteval: 1
+        include: [tasks]
+        models:
+          - name: weak
+            backend: hf
+            model_args: {{pretrained: {demo.weak}, dtype: float32}}
+            batch_size: 64
+        tasks:
+          - task: arith_mc
+            limit: 100
+            thresholds: {{acc: 0.0}}
+        """)
+    scores = {}
+    for start in ("forkserver", "subprocess"):
+        base = project.path / start
+        project.runpytest("suites", "--gpus", "1", "--dp", "2", "--disteval-pack", "2",
+                          f"--disteval-dir={base}", f"--disteval-worker-start={start}"
+                          ).assert_outcomes(passed=1)
+        data = json.loads((base / "results" / "suites" / "gpu" / "weak.json").read_text())
+        scores[start] = data["results"]["arith_mc"]
+        logs = {p.name: p.read_text() for p in (base / "logs").glob("*.log")}
+        forked = [n for n, t in logs.items() if "forked from the forkserver" in t]
+        if start == "forkserver":
+            # the server imported torch without initialising CUDA (else it would have
+            # refused and said why in each log): both shards and the scorer forked
+            assert len(forked) == 3, logs
+            gpu = str(_inventory().gpus()[0].index)  # type: ignore[union-attr]
+            for name, text in logs.items():
+                if "shard" in name:
+                    assert f"imports done there; CUDA_VISIBLE_DEVICES={gpu}" in text
+        else:
+            assert forked == []
+    assert scores["forkserver"] == scores["subprocess"]
 
 
 def test_a_real_cuda_oom_is_retried_at_smaller_batches(project: pytest.Pytester) -> None:

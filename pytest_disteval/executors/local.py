@@ -1,7 +1,11 @@
-"""Run a worker as a local subprocess in its own process group.
+"""Run a worker on this host in its own process group: forked from the forkserver, or a subprocess.
 
 The whole group is killed on timeout and on Ctrl-C, so a backend's own children
 (tokenizer pools, vLLM engine processes, torchrun ranks) never outlive the run.
+Workers whose backend forks cleanly are forked from a server that has imported
+torch, transformers and lm-eval once (executors/forkserver.py) when the scheduler
+says so (``WorkerTask.extra["preload"]``); the others, and all of them with
+``--disteval-worker-start subprocess``, start as subprocesses.
 """
 
 from __future__ import annotations
@@ -9,14 +13,23 @@ from __future__ import annotations
 import os
 import signal
 import subprocess
+import sys
 import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
+
+from .forkserver import ForkServer
 
 if TYPE_CHECKING:
     from .base import WorkerTask
+
+WORKER_MODULE = "pytest_disteval.worker"
+# auto: forked for jobs on the CPU, subprocesses on GPUs (forking there is not yet
+# measured on a GPU machine); forkserver: forked wherever the backend allows
+START_METHODS = ("auto", "forkserver", "subprocess")
+MAX_SERVERS = 2  # one per set of imports (an hf job's, a scoring worker's): no more
 
 # seconds a worker gets between SIGTERM and SIGKILL
 TERM_GRACE_S = 5.0
@@ -29,10 +42,12 @@ class WorkerRun:
     wall_s: float
     timed_out: bool
     log_path: Path
+    forked: bool = False  # forked from the forkserver rather than started as a subprocess
 
 
 # workers alive now, from any thread: Ctrl-C in the main thread must reach them all
-_ACTIVE: set[subprocess.Popen[bytes]] = set()
+# (subprocess.Popen or forkserver.ForkedWorker: both have pid and wait(timeout))
+_ACTIVE: set[Any] = set()
 _ACTIVE_LOCK = threading.Lock()
 
 
@@ -44,7 +59,7 @@ def kill_all() -> None:
         kill_group(proc)
 
 
-def kill_group(proc: subprocess.Popen[bytes]) -> None:
+def kill_group(proc: Any) -> None:
     """SIGTERM the worker's process group, then SIGKILL what is left."""
     try:
         os.killpg(proc.pid, signal.SIGTERM)
@@ -107,14 +122,24 @@ def _group_alive(pgid: int) -> bool:
 
 
 def run_worker(command: list[str], *, env: dict[str, str], log_path: Path,
-               timeout: float | None, cwd: Path | None = None) -> WorkerRun:
+               timeout: float | None, cwd: Path | None = None,
+               forkserver: ForkServer | None = None) -> WorkerRun:
     log_path.parent.mkdir(parents=True, exist_ok=True)
     started = time.perf_counter()
     with log_path.open("wb") as log:
         log.write(f"$ {' '.join(command)}\n".encode())
         log.flush()
-        proc = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, env=env,
-                                cwd=cwd, start_new_session=True, stdin=subprocess.DEVNULL)
+        proc: Any = None
+        if forkserver is not None:
+            proc = forkserver.spawn(command[3:], env, log_path, cwd, timeout)
+            if proc is None:
+                why = forkserver.info.get("error") or "the forkserver is gone"
+                log.write(f"[disteval] not forked ({why}): started as a subprocess\n".encode())
+                log.flush()
+        forked = proc is not None
+        if proc is None:
+            proc = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, env=env,
+                                    cwd=cwd, start_new_session=True, stdin=subprocess.DEVNULL)
         with _ACTIVE_LOCK:
             _ACTIVE.add(proc)
         try:
@@ -133,7 +158,8 @@ def run_worker(command: list[str], *, env: dict[str, str], log_path: Path,
         finally:
             with _ACTIVE_LOCK:
                 _ACTIVE.discard(proc)
-    return WorkerRun(command, returncode, time.perf_counter() - started, timed_out, log_path)
+    return WorkerRun(command, returncode, time.perf_counter() - started, timed_out, log_path,
+                     forked)
 
 
 def log_tail(path: Path, lines: int = 25) -> str:
@@ -149,17 +175,52 @@ def log_tail(path: Path, lines: int = 25) -> str:
 
 
 class LocalExecutor:
-    """The default executor: each worker a subprocess of this process, on this host."""
+    """The default executor: each worker a process of this host, in its own group."""
 
     name = "local"
     remote = False
 
+    def __init__(self, start: str = "auto", logs_dir: Path | None = None) -> None:
+        self.start = start
+        self.logs_dir = logs_dir
+        self._servers: list[ForkServer] = []
+        self._lock = threading.Lock()
+
     def run(self, task: WorkerTask) -> WorkerRun:
+        server = self._server_for(task.command, task.env, task.extra.get("preload"))
         return run_worker(task.command, env=task.env, log_path=task.log_path,
-                          timeout=task.timeout)
+                          timeout=task.timeout, forkserver=server)
+
+    def prestart(self, python: str, preload: tuple[str, ...] | None,
+                 env: dict[str, str]) -> None:
+        """Start the forkserver a worker will need now, so its imports overlap the rest."""
+        self._server_for([python, "-m", WORKER_MODULE, "-"], env, preload)
+
+    def _server_for(self, command: list[str], env: dict[str, str],
+                    preload: tuple[str, ...] | None) -> ForkServer | None:
+        """The running server that can fork this worker, or a new one; None: subprocess."""
+        if (self.start == "subprocess" or preload is None or not sys.platform.startswith("linux")
+                or len(command) != 4 or command[1:3] != ["-m", WORKER_MODULE]):
+            return None  # torchrun and other launchers, or forking is off or unavailable
+        with self._lock:
+            self._servers = [s for s in self._servers if s.alive]
+            for server in self._servers:
+                if server.python == command[0] and server.compatible(preload, env):
+                    return server
+            if len(self._servers) >= MAX_SERVERS or self.logs_dir is None:
+                return None
+            # beside the workers' logs, not among them: one log there is one worker run
+            log = self.logs_dir / "forkserver" / f"{os.getpid()}-{len(self._servers)}.log"
+            server = ForkServer(command[0], preload, env, log)
+            self._servers.append(server)
+            return server
 
     def kill_all(self) -> None:
         kill_all()
 
     def close(self) -> None:
         kill_all()
+        with self._lock:
+            servers, self._servers = self._servers, []
+        for server in servers:
+            server.close()
