@@ -1,8 +1,9 @@
 """NVML sampling beside a job: each GPU's utilisation and memory over time.
 
-It replaces `watch nvidia-smi`: the timeline is kept with the job's run, and its
-summary (mean utilisation, peak memory per GPU) travels with the items. Where
-NVML cannot start, the sampler says why once and records nothing.
+It replaces `watch nvidia-smi`: the timeline is kept with the job's run, where the
+job record (jobrecord.gpu_section) derives every figure the budgets, the items'
+properties and the reports use. Where NVML cannot start, the sampler says why
+once and records nothing.
 """
 
 from __future__ import annotations
@@ -84,14 +85,3 @@ class GpuSampler:
         return {"period_s": self.period, "t": self.times, "unavailable": self.unavailable,
                 "gpus": {str(i): {"util_pct": self.util[i], "mem_used_bytes": self.mem[i]}
                          for i in self.indices}}
-
-    def summary(self) -> dict[str, Any] | None:
-        """Mean utilisation and peak memory per GPU; None without samples."""
-        if not self.times:
-            return None
-        per_gpu = {i: {"mean_util_pct": round(sum(self.util[i]) / len(self.util[i]), 1),
-                       "peak_mem_bytes": max(self.mem[i])} for i in self.indices}
-        means = [g["mean_util_pct"] for g in per_gpu.values()]
-        return {"gpus": per_gpu, "mean_util_pct": round(sum(means) / len(means), 1),
-                "peak_mem_bytes": max(g["peak_mem_bytes"] for g in per_gpu.values()),
-                "samples": len(self.times)}
