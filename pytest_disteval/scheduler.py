@@ -239,6 +239,9 @@ class JobScheduler:
         distinct = {tuple(g.uuid for g in group) for group in used}
         if plan.on_gpu:
             no_gpu = "no NVML timeline was written for this job"
+        elif used and self.executor.remote:
+            # Ray's actors sample what they hold, logical GPUs too: none sent a timeline
+            no_gpu = f"no {self.executor.name} actor of this job sent an NVML timeline back"
         elif used:
             no_gpu = ("the job ran on the CPU with a fake GPU inventory "
                       "(--disteval-fake-gpus): there is no GPU for NVML to sample")
@@ -395,7 +398,8 @@ class JobScheduler:
         task = WorkerTask(command, env, log_path, timeout, spec, spec_path, name, len(group))
         if group and plan.on_gpu and not executor.remote:
             # NVML beside the worker: the group's timeline, kept in the run directory,
-            # where the job record (jobrecord.gpu_section) reads every figure from
+            # where the job record (jobrecord.gpu_section) reads every figure from. A
+            # remote executor samples on the worker's node and writes the same file
             with GpuSampler([g.index for g in group]) as sampler:
                 run = executor.run(task)
             write_json_atomic(spec_path.parent / f"gpu-{name}.json", sampler.timeline())
