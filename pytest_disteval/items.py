@@ -15,7 +15,7 @@ from typing import Any
 
 import pytest
 
-from . import budgets, overrides
+from . import budgets, jobrecord, overrides
 from .gates import MissingMetric, Verdict, check_threshold, read_score
 from .jobs import EvalJob
 from .scheduler import JobOutcome, JobScheduler
@@ -152,10 +152,8 @@ class DistevalItem(pytest.Item):
             self.user_properties.append(("wall_time_s", round(wall, 3)))
         if outcome.results_path is not None:
             self.user_properties.append(("results", str(outcome.results_path)))
-        if outcome.gpu is not None:
-            self.user_properties.append(("gpu_mean_util_pct", outcome.gpu["mean_util_pct"]))
-            self.user_properties.append(("gpu_peak_mem_gib",
-                                         round(outcome.gpu["peak_mem_bytes"] / 2**30, 2)))
+        # from the job record: this session's, or the one stored with cached results
+        self.user_properties.extend(jobrecord.gpu_properties(outcome.record))
         imbalance = ((outcome.record or {}).get("gpu") or {}).get("imbalance")
         if imbalance:
             self.user_properties.append(("gpu_imbalance", imbalance))

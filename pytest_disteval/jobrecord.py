@@ -132,6 +132,21 @@ def gpu_section(paths: list[Path]) -> tuple[dict[str, Any] | None, str | None]:
             "imbalance": "; ".join(imbalance) or None}, None
 
 
+def gpu_properties(record: dict[str, Any] | None) -> list[tuple[str, float]]:
+    """The items' ``gpu_mean_util_pct`` and ``gpu_peak_mem_gib``, from the record's gpu section.
+
+    The same figures the budgets judge (budgets.measure: ``gpu_util``, ``gpu_memory``)
+    and the reports show, so a cached job reports what was recorded with its results.
+    The names land in JUnit XML, which CI reads: keep them. Empty without samples.
+    """
+    gpu = (record or {}).get("gpu")
+    if not isinstance(gpu, dict) or not gpu.get("per_device"):
+        return []
+    peak = max(int(d["peak_mem_bytes"]) for d in gpu["per_device"].values())
+    return [("gpu_mean_util_pct", float(gpu["mean_util_pct"])),
+            ("gpu_peak_mem_gib", round(peak / 2**30, 2))]
+
+
 def recorded(meta: dict[str, Any]) -> dict[str, Any] | None:
     """The record kept in the store for a cached job (older stores: the wall time alone)."""
     record = meta.get("job")

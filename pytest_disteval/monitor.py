@@ -1,8 +1,9 @@
 """NVML sampling beside a job: each GPU's utilisation and memory over time.
 
-It replaces `watch nvidia-smi`: the timeline is kept with the job's run, and its
-summary (mean utilisation, peak memory per GPU) travels with the items. Where
-NVML cannot start, the sampler says why once and records nothing.
+It replaces `watch nvidia-smi`: the timeline is kept with the job's run, where the
+job record (jobrecord.gpu_section) derives every figure the budgets, the items'
+properties and the reports use. Where NVML cannot start, the sampler says why
+once and records nothing.
 """
 
 from __future__ import annotations
@@ -13,6 +14,21 @@ from collections.abc import Sequence
 from typing import Any
 
 DEFAULT_PERIOD_S = 0.5
+# CUDA's device order; the other value, FASTEST_FIRST, is CUDA's default
+PCI_BUS_ID = "PCI_BUS_ID"
+
+
+def _nvml_module(nvml: Any) -> Any:
+    if nvml is not None:
+        return nvml  # a module with pynvml's interface (tests pass one)
+    import pynvml  # lazily: collection never needs it
+
+    return pynvml
+
+
+def nvml_unavailable(exc: BaseException) -> str:
+    """The reason NVML budgets give when NVML could not start: the same wherever it runs."""
+    return f"NVML unavailable ({type(exc).__name__}: {exc})"
 
 
 class GpuSampler:
@@ -33,15 +49,14 @@ class GpuSampler:
         self._t0 = 0.0
 
     def start(self) -> GpuSampler:
+        if self.unavailable is not None:
+            return self  # known before starting (cuda_visible_sampler): nothing to sample
         try:
-            if self._nvml is None:
-                import pynvml  # lazily: collection never needs it
-
-                self._nvml = pynvml
+            self._nvml = _nvml_module(self._nvml)
             self._nvml.nvmlInit()
             self._handles = [self._nvml.nvmlDeviceGetHandleByIndex(i) for i in self.indices]
         except Exception as exc:  # no driver, no library, a GPU gone: say so, carry on
-            self.unavailable = f"NVML unavailable ({type(exc).__name__}: {exc})"
+            self.unavailable = nvml_unavailable(exc)
             return self
         self._t0 = time.monotonic()
         self._thread = threading.Thread(target=self._loop, name="disteval-gpu-sampler",
@@ -85,13 +100,50 @@ class GpuSampler:
                 "gpus": {str(i): {"util_pct": self.util[i], "mem_used_bytes": self.mem[i]}
                          for i in self.indices}}
 
-    def summary(self) -> dict[str, Any] | None:
-        """Mean utilisation and peak memory per GPU; None without samples."""
-        if not self.times:
-            return None
-        per_gpu = {i: {"mean_util_pct": round(sum(self.util[i]) / len(self.util[i]), 1),
-                       "peak_mem_bytes": max(self.mem[i])} for i in self.indices}
-        means = [g["mean_util_pct"] for g in per_gpu.values()]
-        return {"gpus": per_gpu, "mean_util_pct": round(sum(means) / len(means), 1),
-                "peak_mem_bytes": max(g["peak_mem_bytes"] for g in per_gpu.values()),
-                "samples": len(self.times)}
+
+def cuda_visible_sampler(visible: str, device_order: str | None, *, nvml: Any = None,
+                         period: float = DEFAULT_PERIOD_S) -> GpuSampler:
+    """A sampler (not started) over the GPUs ``CUDA_VISIBLE_DEVICES`` names, by NVML index.
+
+    For a worker whose GPUs were chosen elsewhere (a Ray actor's: Ray sets the
+    variable). NVML ignores ``CUDA_VISIBLE_DEVICES`` and numbers every GPU of the
+    node in PCI bus order; CUDA numbers them in ``CUDA_DEVICE_ORDER``: PCI_BUS_ID
+    gives NVML's order, and the default, FASTEST_FIRST, gives it too in practice
+    when all the node's GPUs are one model (equally fast, then by bus id). So an
+    ordinal is read as the NVML index (gpus.select_visible, as for this host's
+    inventory) under PCI_BUS_ID or on a node of one GPU model, and refused on a
+    mixed node without PCI_BUS_ID (``unavailable`` says what to set) rather than
+    sampling GPUs the worker may not be using. UUIDs are matched whatever the
+    order. Where NVML cannot start, ``unavailable`` says why, as GpuSampler does.
+    """
+    from .gpus import NoGPUError, NvmlInventory, select_visible
+
+    guess = [int(e) for e in visible.split(",") if e.strip().isdigit()]
+    unavailable = None
+    chosen = []
+    try:
+        # every GPU of the node, in NVML's order (an empty environ: no restriction)
+        every = NvmlInventory(nvml=nvml, environ={}).gpus()
+        chosen = select_visible(every, visible)
+        names = sorted({g.name for g in every})
+        ordinals = any(e.strip().isdigit() for e in visible.split(","))
+        if not chosen:
+            unavailable = f"GPUs not sampled: CUDA_VISIBLE_DEVICES={visible!r} names no GPU"
+        elif (ordinals and len(names) > 1
+              and (device_order or "").strip().upper() != PCI_BUS_ID):
+            unavailable = (
+                f"GPUs not sampled: this node's GPUs are of different models "
+                f"({', '.join(names)}) and CUDA_DEVICE_ORDER is "
+                f"{device_order or 'unset (FASTEST_FIRST)'}, so the device numbers in "
+                f"CUDA_VISIBLE_DEVICES={visible!r} need not be NVML's; set "
+                "CUDA_DEVICE_ORDER=PCI_BUS_ID in the environment of `ray start` there")
+    except NoGPUError as exc:  # no library, no driver: the sampler's own wording
+        unavailable = nvml_unavailable(exc.__cause__ or exc)
+    except ValueError as exc:  # an entry select_visible cannot read (MIG, no such GPU)
+        unavailable = f"GPUs not sampled: {exc}"
+    except Exception as exc:  # an NVML call that failed: as if it could not start
+        unavailable = nvml_unavailable(exc.__cause__ or exc)
+    sampler = GpuSampler([g.index for g in chosen] if unavailable is None else guess,
+                         period, nvml)
+    sampler.unavailable = unavailable
+    return sampler

@@ -86,7 +86,6 @@ class JobOutcome:
     results_path: Path | None = None
     skip_reason: str | None = None  # the backend is not installed (and not required)
     partial: bool = False  # this session evaluated only some entries, the rest were stored
-    gpu: dict[str, Any] | None = None  # NVML: mean utilisation and peak memory while it ran
     record: dict[str, Any] | None = None  # the job record (jobrecord.py): what budgets read
     warned: bool = False  # the GPU imbalance warning was issued (once per job)
 
@@ -117,7 +116,6 @@ class JobScheduler:
         self._pool: ThreadPoolExecutor | None = None
         self._futures: dict[str, Future[JobOutcome]] = {}
         self._alloc = threading.Lock()  # one job at a time picks its groups: no deadlock
-        self._gpu: dict[str, list[dict[str, Any]]] = {}  # NVML summaries per job
         self._used: dict[str, list[list[GPU]]] = {}  # the groups each job's replicas ran on
         self._inventory_loaded = False
         self.preflight_failure: str | None = None  # set when a check failed (doctor.py)
@@ -229,7 +227,6 @@ class JobScheduler:
                              run.wall_s if run is not None and not cached else None,
                              recorded if run is None else None)
         outcome.partial = run is not None and bool(cached)
-        outcome.gpu = _combine_gpu(self._gpu.pop(job_key(job), []))
         outcome.skip_reason = skip if todo else None
         outcome.record = record
         if entries:
@@ -246,6 +243,9 @@ class JobScheduler:
         distinct = {tuple(g.uuid for g in group) for group in used}
         if plan.on_gpu:
             no_gpu = "no NVML timeline was written for this job"
+        elif used and self.executor.remote:
+            # Ray's actors sample what they hold, logical GPUs too: none sent a timeline
+            no_gpu = f"no {self.executor.name} actor of this job sent an NVML timeline back"
         elif used:
             no_gpu = ("the job ran on the CPU with a fake GPU inventory "
                       "(--disteval-fake-gpus): there is no GPU for NVML to sample")
@@ -403,14 +403,12 @@ class JobScheduler:
         # what a forked worker's server must have imported (None: never forked)
         task.extra["preload"] = self._preload(backend, plan, spec.get("mode"))
         if group and plan.on_gpu and not executor.remote:
-            # NVML beside the worker: the group's timeline, kept in the run directory
+            # NVML beside the worker: the group's timeline, kept in the run directory,
+            # where the job record (jobrecord.gpu_section) reads every figure from. A
+            # remote executor samples on the worker's node and writes the same file
             with GpuSampler([g.index for g in group]) as sampler:
                 run = executor.run(task)
             write_json_atomic(spec_path.parent / f"gpu-{name}.json", sampler.timeline())
-            summary = sampler.summary()
-            if summary is not None:
-                with self._alloc:  # shard threads append side by side
-                    self._gpu.setdefault(job_key(job), []).append(summary)
         else:
             run = executor.run(task)
         self._audit({"event": "end", **record, "returncode": run.returncode,
@@ -645,16 +643,6 @@ def _make_executor(settings: Settings, local: LocalExecutor) -> Executor:
 def job_key(job: EvalJob) -> str:
     # cheap (no hashing of weights): used at collection time for xdist grouping too
     return f"{job.suite.path}::{job.name}"
-
-
-def _combine_gpu(summaries: list[dict[str, Any]]) -> dict[str, Any] | None:
-    """One figure for a job whose replicas each had a sampler."""
-    if not summaries:
-        return None
-    return {"mean_util_pct": round(sum(s["mean_util_pct"] for s in summaries)
-                                   / len(summaries), 1),
-            "peak_mem_bytes": max(s["peak_mem_bytes"] for s in summaries),
-            "replicas": len(summaries)}
 
 
 def _other_group(distinct: list[list[GPU]], group: list[GPU]) -> list[GPU]:

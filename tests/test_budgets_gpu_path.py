@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import time
+import xml.etree.ElementTree as ET
 from pathlib import Path
 from typing import Any
 
@@ -82,3 +83,63 @@ tasks:
     unfiltered.stdout.fnmatch_lines(["*DistevalImbalanceWarning: GPUs of one group*"])
     record = json.loads((base / "results" / "suites" / "g" / "good.json").read_text())
     assert record["config"]["disteval"]["job"]["gpu"]["imbalance"].startswith("group [0, 1]")
+
+
+def _known_timeline(path: Path, util: list[int], mem_gib: list[float]) -> None:
+    """A timeline file as the scheduler writes it (GpuSampler.timeline()), GPU 0 only."""
+    path.write_text(json.dumps({
+        "period_s": 0.5, "t": [0.5 * i for i in range(len(util))], "unavailable": None,
+        "gpus": {"0": {"util_pct": util, "mem_used_bytes": [int(m * 2**30) for m in mem_gib]}},
+    }))
+
+
+def _properties(xml: Path) -> dict[str, dict[str, str]]:
+    return {case.get("name", ""): {p.get("name", ""): p.get("value", "")
+                                   for p in case.iter("property")}
+            for case in ET.parse(xml).iter("testcase")}
+
+
+def test_the_items_gpu_properties_are_the_job_records_figures_also_from_the_store(
+        project: pytest.Pytester, demo: Demo, monkeypatch: pytest.MonkeyPatch) -> None:
+    build = jobrecord.build
+
+    def with_timelines(**kwargs: Any) -> dict[str, Any]:
+        # two replicas' timelines of GPU 0 in the job's run directory, where the
+        # sampler writes them: 4 samples at 90%, then 2 at 30%; peaks 3 and 5 GiB
+        _known_timeline(kwargs["run_dir"] / "gpu-a.json", [90, 90, 90, 90], [1, 2, 3, 3])
+        _known_timeline(kwargs["run_dir"] / "gpu-b.json", [30, 30], [5, 4])
+        return build(**kwargs)
+
+    monkeypatch.setattr(jobrecord, "build", with_timelines)
+    write_suite(project, "g", "disteval: 1\ninclude: [tasks]\nmodels:\n" + model_block(
+        "good", demo.good, extra="budgets: {gpu_util: 50%, gpu_memory: 8GiB}\n") + """\
+tasks:
+  - task: arith_mc
+    limit: 10
+    thresholds: {acc: 0.5}
+""")
+    base = project.path / ".disteval"
+    project.runpytest("suites", f"--disteval-dir={base}", "--junitxml=fresh.xml",
+                      ).assert_outcomes(passed=3)
+    results = base / "results" / "suites" / "g" / "good.json"
+    record = json.loads(results.read_text())["config"]["disteval"]["job"]
+    # the record pools the samples: (4 x 90 + 2 x 30) / 6 = 70; a mean of the two
+    # replicas' means (the summary the items used to get) would say 60
+    assert record["gpu"]["mean_util_pct"] == 70.0
+    assert record["gpu"]["per_device"]["0"]["peak_mem_bytes"] == 5 * 2**30
+    fresh = _properties(project.path / "fresh.xml")
+    assert fresh["acc"]["gpu_mean_util_pct"] == "70.0"
+    assert fresh["acc"]["gpu_peak_mem_gib"] == "5.0"
+    # the budgets judge the same figures
+    assert float(fresh["gpu_util"]["measured"]) == float(fresh["gpu_util"]["gpu_mean_util_pct"])
+    assert float(fresh["gpu_memory"]["measured"]) == 5.0
+
+    # warm: nothing runs, nothing builds a record; the stored one answers
+    monkeypatch.setattr(jobrecord, "build", build)  # not undo(): pytester's chdir is in it
+    project.runpytest("suites", f"--disteval-dir={base}", "--junitxml=warm.xml",
+                      ).assert_outcomes(passed=3)
+    assert json.loads(results.read_text())["config"]["disteval"]["job"]["cached"] is True
+    warm = _properties(project.path / "warm.xml")
+    for name in ("acc", "gpu_util", "gpu_memory"):
+        assert warm[name]["gpu_mean_util_pct"] == "70.0"
+        assert warm[name]["gpu_peak_mem_gib"] == "5.0"

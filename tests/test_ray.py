@@ -75,14 +75,14 @@ def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
                 pass
 
 
-def _suite_text(demo: Demo) -> str:
+def _suite_text(demo: Demo, extra: str = "") -> str:
     # the untrained model: scores away from 0 and 1, so a wrong shard would show
     return ("disteval: 1\ninclude: [tasks]\nmodels:\n"
-            + model_block("weak", demo.weak, extra="timeout: 5m\n") + TASKS)
+            + model_block("weak", demo.weak, extra="timeout: 5m\n" + extra) + TASKS)
 
 
-def _suite(project: pytest.Pytester, demo: Demo) -> None:
-    write_suite(project, "dp", _suite_text(demo))
+def _suite(project: pytest.Pytester, demo: Demo, extra: str = "") -> None:
+    write_suite(project, "dp", _suite_text(demo, extra))
 
 
 @pytest.fixture(scope="module")
@@ -135,7 +135,8 @@ def _shard_records(base: Path) -> dict[int, dict[str, object]]:
 def test_actors_get_disjoint_gpus_and_the_scores_of_a_local_dp1_run(
         project: pytest.Pytester, demo: Demo, cluster: str,
         local_scores: dict[str, object]) -> None:
-    _suite(project, demo)
+    # NVML budgets: each actor samples the (logical) GPUs Ray gave it, where NVML is absent
+    _suite(project, demo, "budgets:\n  gpu_memory: 8GiB\n  gpu_util: 10%\n")
     plan = subprocess.run(_command(project.path / "plan", cluster, "--tp", "2",
                                    "--disteval-plan"),
                           cwd=project.path, env=_env(), capture_output=True, text=True)
@@ -146,9 +147,9 @@ def test_actors_get_disjoint_gpus_and_the_scores_of_a_local_dp1_run(
     assert "ray actor 1: num_gpus=2 num_cpus=1; Ray places it on a node with 2 free" in plan.stdout
 
     base = project.path / "ray"
-    run = subprocess.run(_command(base, cluster, "--tp", "2"), cwd=project.path, env=_env(),
-                         capture_output=True, text=True)
-    assert "2 passed" in run.stdout, run.stdout[-3000:] + run.stderr[-3000:]
+    run = subprocess.run(_command(base, cluster, "--tp", "2", "-rs"), cwd=project.path,
+                         env=_env(), capture_output=True, text=True)
+    assert "2 passed, 2 skipped" in run.stdout, run.stdout[-3000:] + run.stderr[-3000:]
     actors = _records(base, "actor")
     assert len(actors) == 2 and all(a["num_gpus"] == 2 for a in actors)
     ids = [list(a["gpu_ids"]) for a in actors]  # type: ignore[call-overload]
@@ -164,6 +165,29 @@ def test_actors_get_disjoint_gpus_and_the_scores_of_a_local_dp1_run(
         assert record["complete"] and record["already_stored"] == 0
     # scoring ran here, on the driver, once (it starts beside the shards and waits for them)
     assert [r["mode"] for r in _records(base, "start")].count("score") == 1
+
+    # each actor sampled its GPUs beside its worker; the driver wrote the timelines where
+    # the local sampler puts them. Without NVML here they carry the sampler's reason
+    (node_ip,) = {str(a["node_ip"]) for a in actors}
+    sampled = []
+    for index in (0, 1):
+        (path,) = base.glob(f"runs/*/gpu-weak-*-shard{index}.json")
+        timeline = json.loads(path.read_text())
+        assert timeline["t"] == [] and timeline["ray"]["node_ip"] == node_ip
+        assert timeline["ray"]["nvml_index"] is None  # no NVML: nothing was mapped
+        assert timeline["ray"]["cuda_visible_devices"] == shards[index]["cuda_visible_devices"]
+        assert timeline["unavailable"].startswith("NVML unavailable (")
+        assert timeline["unavailable"].endswith(f") on Ray node {node_ip}")
+        sampled += list(timeline["gpus"])
+    assert sorted(sampled) == ["0", "1", "2", "3"]  # the GPUs Ray gave the actors
+    reason = timeline["unavailable"]
+    record = json.loads((base / "results" / "suites" / "dp" / "weak.json").read_text())
+    job = record["config"]["disteval"]["job"]
+    assert job["gpu"] is None and job["gpu_unavailable"] == reason
+    # the NVML budgets are skipped with that reason, as beside a local worker
+    assert run.stdout.count(f": {reason}") == 2, run.stdout[-3000:]
+    for line in (11, 12):  # the budgets' lines in suites/dp.yaml
+        assert f"SKIPPED [1] suites/dp.yaml:{line}: {reason}" in run.stdout, run.stdout[-3000:]
 
     assert _results(base) == local_scores
 
@@ -220,6 +244,58 @@ def test_an_actor_killed_mid_shard_is_replaced_and_nothing_stored_is_redone(
     log = next((base / "logs").glob("*shard0*.log")).read_text()
     assert "lost (ActorDiedError" in log and "responses it streamed are kept" in log
     assert _results(base) == local_scores
+
+
+@needs_ray
+@pytest.mark.slow
+@pytest.mark.filterwarnings("ignore")  # Ray's own deprecation notes, in this process
+def test_an_actor_samples_the_gpus_ray_gave_it_over_nvml(
+        cluster: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The real-sample path through a Ray actor; NVML is the fake with pynvml's interface."""
+    import ray
+    from ray import cloudpickle
+
+    from pytest_disteval.executors.ray_actor import GroupActor
+
+    import fakenvml
+
+    # the actor's node has no tests/ on its path: the fake travels by value
+    cloudpickle.register_pickle_by_value(fakenvml)
+    for name, value in RAY_ENV.items():
+        monkeypatch.setenv(name, value)
+    before = dict(os.environ)
+    ray.init(address=cluster, namespace="disteval-test", log_to_driver=False,
+             runtime_env={"py_modules": [str(ROOT / "pytest_disteval")]})
+    try:
+        # a first actor takes a GPU, so the sampled one does not simply get GPUs 0 and 1
+        blocker = ray.remote(GroupActor).options(num_gpus=1, num_cpus=1).remote()
+        taken = ray.get(blocker.where.remote(), timeout=120)["gpu_ids"]
+        actor = ray.remote(GroupActor).options(num_gpus=2, num_cpus=1).remote(
+            nvml=fakenvml.FakeNvml({i: [10 * (i + 1)] for i in range(4)}))
+        where = ray.get(actor.where.remote(), timeout=120)
+        assert not set(taken) & set(where["gpu_ids"])
+        spec = {"model_key": "m", "error_path": "/x/error.json", "meta_path": "/x/meta.json"}
+        stream = actor.run.options(num_returns="streaming").remote(
+            ["python", "-c", "import time; time.sleep(1.0)", "SPEC"], spec, {}, 60.0, [],
+            sample_gpus=True)
+        done = [ray.get(ref) for ref in stream][-1]
+        ray.kill(actor)
+        ray.kill(blocker)
+    finally:
+        ray.shutdown()
+        cloudpickle.unregister_pickle_by_value(fakenvml)
+        # ray.init leaves variables here (PYTHONBREAKPOINT, to its debugger): later tests'
+        # subprocesses must not inherit them
+        for name in set(os.environ) - set(before):
+            del os.environ[name]
+        os.environ.update(before)
+    gpu = done["gpu"]
+    assert done["returncode"] == 0 and gpu["unavailable"] is None
+    # Ray's CUDA_VISIBLE_DEVICES, read as NVML indices: each GPU's own samples
+    assert gpu["cuda_visible_devices"] == where["cuda_visible_devices"]
+    assert sorted(gpu["gpus"]) == sorted(where["gpu_ids"]) and len(gpu["t"]) >= 2
+    for index in where["gpu_ids"]:
+        assert set(gpu["gpus"][index]["util_pct"]) == {10 * (int(index) + 1)}
 
 
 def _count(store: Path) -> int:

@@ -8,10 +8,13 @@ lives in the actor process itself. The worker writes responses to a response
 store on the actor's node, seeded with what the driver already holds; the actor
 streams every new row (and the log) back to the driver, which writes them into
 the session's store. So a node needs no shared file system, and an actor lost
-mid-shard loses at most what it had not streamed yet.
+mid-shard loses at most what it had not streamed yet. While the worker runs, the
+actor samples its GPUs with NVML (monitor.py), since only a process on that node
+can; the timeline goes back with the result.
 
-Imports only the standard library at module level: the driver imports this
-module to define the actor class, and must not pay for lm-eval.
+Imports only the standard library at module level (monitor.py imports no more;
+pynvml is imported when a sampler starts): the driver imports this module to
+define the actor class, and must not pay for lm-eval.
 """
 
 from __future__ import annotations
@@ -29,6 +32,8 @@ import time
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
+
+from ..monitor import cuda_visible_sampler
 
 # the schema of sharding.ResponseStore (that module imports lm-eval): rows are copied
 # as stored, the response as its JSON text
@@ -106,8 +111,9 @@ def _kill_group(proc: subprocess.Popen[bytes]) -> None:
 class GroupActor:
     """One group's worker, wrapped as a Ray actor by executors/ray.py."""
 
-    def __init__(self) -> None:
+    def __init__(self, nvml: Any = None) -> None:
         self.dir = Path(tempfile.mkdtemp(prefix="disteval-actor-"))
+        self.nvml = nvml  # the sampler's NVML module: pynvml unless one is given (tests)
 
     def where(self) -> dict[str, Any]:
         """Where Ray placed this actor: node, GPU ids, the CUDA_VISIBLE_DEVICES it set."""
@@ -122,9 +128,13 @@ class GroupActor:
                 "dir": str(self.dir)}
 
     def run(self, command: list[str], spec: dict[str, Any], env: dict[str, str],
-            timeout: float | None, seed: list[Row],
-            poll_s: float = 0.5) -> Iterator[dict[str, Any]]:
-        """Run one worker; yield ``{"rows", "log"}`` as it goes, then ``{"done": ...}``."""
+            timeout: float | None, seed: list[Row], poll_s: float = 0.5,
+            sample_gpus: bool = False) -> Iterator[dict[str, Any]]:
+        """Run one worker; yield ``{"rows", "log"}`` as it goes, then ``{"done": ...}``.
+
+        ``sample_gpus``: the actor holds GPUs; the done message then carries their NVML
+        timeline (``gpu``), or the reason there is none in its ``unavailable``.
+        """
         model_key = spec["model_key"]
         run_dir = self.dir / "run"
         run_dir.mkdir(parents=True, exist_ok=True)
@@ -153,6 +163,17 @@ class GroupActor:
         child_env["PYTHONPATH"] = os.pathsep.join(
             p for p in (root, os.environ.get("PYTHONPATH", "")) if p)
         log_path = self.dir / "worker.log"
+        sampler = None
+        visible = order = None
+        if sample_gpus:
+            # what the worker will see: Ray's CUDA_VISIBLE_DEVICES (the driver's is never
+            # sent, executors/ray.py), and this node's CUDA_DEVICE_ORDER
+            visible = child_env.get("CUDA_VISIBLE_DEVICES")
+            if visible is None:  # Ray told not to set it, none on the node: Ray's ids
+                import ray
+
+                visible = ",".join(str(i) for i in ray.get_gpu_ids())
+            order = child_env.get("CUDA_DEVICE_ORDER")
         started = time.perf_counter()
         sent = 0
         with log_path.open("wb") as log:
@@ -161,6 +182,8 @@ class GroupActor:
             proc = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT,
                                     env=child_env, start_new_session=True,
                                     stdin=subprocess.DEVNULL, preexec_fn=_die_with_parent)
+            if visible is not None:  # beside the worker, as the scheduler's local sampler
+                sampler = cuda_visible_sampler(visible, order, nvml=self.nvml).start()
             timed_out = False
             try:
                 while True:
@@ -181,11 +204,18 @@ class GroupActor:
             finally:
                 if proc.poll() is None:
                     _kill_group(proc)
+                if sampler is not None:
+                    sampler.stop()
         text, sent = self._log_since(log_path, sent, limit=None)
         files = {p.name: p.read_text(encoding="utf-8") for p in run_dir.glob("*.json")}
+        gpu = None
+        if sampler is not None:
+            # keyed by this node's NVML indices; the driver renumbers them cluster-wide
+            gpu = {**sampler.timeline(), "cuda_visible_devices": visible,
+                   "cuda_device_order": order}
         yield {"done": True, "returncode": None if timed_out else proc.returncode,
                "timed_out": timed_out, "wall_s": time.perf_counter() - started,
-               "log": text, "files": files, "argv": argv}
+               "log": text, "files": files, "argv": argv, "gpu": gpu}
 
     @staticmethod
     def _log_since(path: Path, offset: int, limit: int | None = LOG_CHUNK_MAX) -> tuple[str, int]:
