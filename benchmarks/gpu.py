@@ -13,7 +13,8 @@ Rounds alternate their order so drift hits every run alike.
 runs (``--only`` takes names or their groups: core, pack, batch, vllm, gen):
 
   core   lm_eval-hf      ``lm_eval run --model hf`` (batch 64) on bench_mc, as users run it
-         plugin-hf       ``pytest <suite> --gpus 1`` on an empty store (cold)
+         plugin-hf       ``pytest <suite> --gpus 1`` on an empty store (cold), workers
+                         forked (``--disteval-worker-start=forkserver``; also pack)
          plugin-hf-warm  the same command again, answered from the store
   pack   plugin-hf-pack2, -pack4, -pack8   2 / 4 / 8 replicas packed on the GPU (cold)
   start  plugin-hf-subprocess, plugin-hf-pack4-subprocess   the same with
@@ -160,10 +161,13 @@ def plan_runs(work: Path, suite_dir: Path, model: Path, quick: bool) -> dict[str
             py, "-m", "pytest", "-p", "no:cacheprovider", "-q", str(suite), *gpus,
             "--disteval-dir={out}", *extra]}
 
-    plugin("plugin-hf", "hf", "bench_mc", "64", [])
+    # forked workers: opt-in on GPUs (auto starts subprocesses there); the "start"
+    # group runs the same with subprocesses
+    fork = ["--disteval-worker-start=forkserver"]
+    plugin("plugin-hf", "hf", "bench_mc", "64", fork)
     runs["plugin-hf-warm"] = dict(runs["plugin-hf"], warm_of="plugin-hf")
     for n in (2, 4, 8):
-        plugin(f"plugin-hf-pack{n}", "hf", "bench_mc", "64", ["--disteval-pack", str(n)])
+        plugin(f"plugin-hf-pack{n}", "hf", "bench_mc", "64", ["--disteval-pack", str(n), *fork])
     # the same runs with every worker importing everything itself (the forkserver off)
     plugin("plugin-hf-subprocess", "hf", "bench_mc", "64", ["--disteval-worker-start=subprocess"])
     plugin("plugin-hf-pack4-subprocess", "hf", "bench_mc", "64",
