@@ -330,7 +330,7 @@ class JobScheduler:
         def start_scorer() -> None:
             score_runs.append(self._replica(
                 job, plan, [], {}, dict(spec, mode="score", responses=str(responses),
-                                        wait_for=str(go)),
+                                        wait_for=str(go), session_pid=os.getpid()),
                 run_dir / "spec-score.json", f"{job.name}-{job.job_id[:8]}-score", timeout))
 
         scorer = threading.Thread(target=start_scorer, daemon=True)

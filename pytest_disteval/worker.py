@@ -179,7 +179,19 @@ def _slowed(lm: Any, index: int) -> Any:
     return lm
 
 
-def _wait_for_shards(go: Path) -> None:
+def _session_gone(pid: int | None) -> bool:
+    if not pid:
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return True
+    except PermissionError:
+        return False
+    return False
+
+
+def _wait_for_shards(go: Path, session_pid: int | None = None) -> None:
     """A scoring worker started beside the shards (its start-up overlaps theirs) waits here.
 
     The scheduler writes ``go`` with ``{"go": true}`` once every shard succeeded, or
@@ -187,6 +199,11 @@ def _wait_for_shards(go: Path) -> None:
     """
     print("[disteval] scoring worker ready; waiting for the shards", flush=True)
     while not go.exists():
+        # a session killed outright (SIGKILL, a lost CI runner) never writes the go file:
+        # the waiting worker, in a session of its own, would otherwise wait for ever
+        if _session_gone(session_pid):
+            raise BadRequest(f"not scored: the pytest session (pid {session_pid}) that "
+                             "started this worker is gone")
         time.sleep(0.1)
     signal = json.loads(go.read_text(encoding="utf-8"))
     if not signal.get("go"):
@@ -260,7 +277,7 @@ def run(spec: dict[str, Any]) -> dict[str, Any]:
             lm = ReplayLM(store, spec["model_key"], multimodal=True)
             if spec.get("wait_for"):
                 speedups.start_env_probe()
-                _wait_for_shards(Path(spec["wait_for"]))
+                _wait_for_shards(Path(spec["wait_for"]), spec.get("session_pid"))
     loaded = time.perf_counter()
     if mode == "direct":
         speedups.start_env_probe()

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import signal
+import subprocess
 import sys
 import time
 from pathlib import Path
@@ -64,11 +65,11 @@ def test_a_forked_worker_reports_its_exit_status_and_writes_its_own_log(tmp_path
     assert server.proc.returncode is not None
 
 
-def _waiting_spec(tmp_path: Path) -> Path:
+def _waiting_spec(tmp_path: Path, **extra: object) -> Path:
     """A scoring worker's spec: it waits for ``go.json`` (which tests write, or never)."""
     return _spec(tmp_path, mode="score", responses=str(tmp_path / "r.sqlite"),
                  wait_for=str(tmp_path / "go.json"), runs=[], include_paths=[], model_key="m",
-                 model_args={}, all_local=True)
+                 model_args={}, all_local=True, **extra)
 
 
 def _wait_for_line(log: Path, text: str, limit_s: float = 60) -> None:
@@ -97,6 +98,7 @@ def test_a_forked_worker_gets_its_own_environment_and_session(tmp_path: Path) ->
         _stop(tmp_path)
         assert worker.wait(30) == 3
     finally:
+        _stop(tmp_path)  # a failed assertion must not leave the worker waiting for ever
         server.close()
 
 
@@ -141,6 +143,7 @@ def test_a_worker_outlives_a_dead_server_and_its_status_is_still_known(tmp_path:
         assert worker.wait(30) == 3  # the status the worker wrote itself
         assert not server.alive
     finally:
+        _stop(tmp_path)
         server.close()
 
 
@@ -164,3 +167,14 @@ def test_the_executor_forks_only_the_worker_module_and_keeps_one_server_per_impo
         executor.close()
     assert LocalExecutor("subprocess", tmp_path)._server_for([*WORKER, "s"], env, ("json",)) \
         is None
+
+
+def test_a_waiting_scoring_worker_stops_when_its_session_is_gone(tmp_path: Path) -> None:
+    # a session killed outright never writes the go file; its pid is gone
+    gone = subprocess.Popen(["true"])
+    gone.wait()
+    spec = _waiting_spec(tmp_path, session_pid=gone.pid)
+    run = run_worker([*WORKER, str(spec)], env=dict(os.environ), log_path=tmp_path / "w.log",
+                     timeout=60)
+    assert run.returncode == 3 and not run.timed_out
+    assert f"the pytest session (pid {gone.pid})" in (tmp_path / "w.log").read_text()
