@@ -491,6 +491,22 @@ class JobScheduler:
             return None
         return COMMON_PRELOAD if mode == "score" else backend.preload
 
+    def start_line(self, job: EvalJob, plan: JobPlan) -> str | None:
+        """How the job's local workers will start, for --disteval-plan."""
+        if self.executor.remote:
+            return None  # Ray's own lines say where the actors go
+        backend = BACKENDS[job.model.backend]
+        if self._preload(backend, plan, "direct") is not None:
+            return ("  workers: forked from the session's forkserver (torch, transformers "
+                    "and lm-eval imported once)")
+        if backend.preload is None:
+            why = f"{backend.name} workers are not forked"
+        elif self.settings.worker_start == "subprocess":
+            why = "--disteval-worker-start subprocess"
+        else:
+            why = "auto starts jobs on GPUs as subprocesses; --disteval-worker-start forkserver"
+        return f"  workers: subprocesses ({why})"
+
     def warm_up(self) -> None:
         """Start the forkserver now when a job will fork its workers from it.
 

@@ -143,6 +143,8 @@ class DistevalSession:
             try:
                 plan = scheduler.plan(job)
                 lines = plan.describe(job, scheduler.settings.python)
+                start = scheduler.start_line(job, plan)
+                lines += [start] if start else []
                 lines += _executor_lines(scheduler, plan.groups)
             except LayoutError as exc:
                 lines = [f"job {job.suite.path}::{job.name}  backend={job.model.backend}",

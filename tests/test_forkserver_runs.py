@@ -107,3 +107,23 @@ def test_worker_start_is_an_option_an_ini_key_and_checked(
     base = project.path / "ini"
     project.runpytest("suites", f"--disteval-dir={base}").assert_outcomes(passed=2)
     assert not (base / "logs" / "forkserver").exists()
+
+
+def test_the_plan_says_how_each_jobs_workers_start(project: pytest.Pytester, demo: Demo) -> None:
+    write_suite(project, "plan", "disteval: 1\ninclude: [tasks]\nmodels:\n"
+                + model_block("weak", demo.weak) + f"""\
+  - name: served
+    backend: vllm
+    model_args: {{pretrained: {demo.weak}}}
+""" + DP_TASKS)
+    result = project.runpytest("suites", "--disteval-plan")
+    result.stdout.fnmatch_lines([
+        "job suites/plan.yaml::weak  backend=hf*",
+        "  workers: forked from the session's forkserver (torch, transformers and lm-eval "
+        "imported once)",
+        "job suites/plan.yaml::served  backend=vllm*",
+        "  workers: subprocesses (vllm workers are not forked)"])
+    result = project.runpytest("suites", "--disteval-plan", "--disteval-worker-start",
+                               "subprocess")
+    result.stdout.fnmatch_lines(["job suites/plan.yaml::weak  backend=hf*",
+                                 "  workers: subprocesses (--disteval-worker-start subprocess)"])
