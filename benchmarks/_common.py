@@ -65,3 +65,13 @@ def machine_info() -> dict[str, Any]:
         "pytest_disteval": version("pytest-disteval"),
         "git_commit": commit or None,
     }
+
+
+def worker_lines(logs: list[Path]) -> list[str]:
+    """The ``[disteval]`` lines of the plugin's worker logs (where each worker's time went),
+    each prefixed with its run directory and log name."""
+    lines = []
+    for log in logs:
+        lines += [f"{log.parent.parent.name}/{log.name}: {line}"
+                  for line in log.read_text().splitlines() if "[disteval]" in line]
+    return lines

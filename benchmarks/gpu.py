@@ -47,7 +47,7 @@ from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import machine_info  # noqa: E402
+from _common import machine_info, worker_lines  # noqa: E402
 from realistic import make_model, make_tasks  # noqa: E402
 
 GROUPS = {"core": ["lm_eval-hf", "plugin-hf", "plugin-hf-warm"],
@@ -292,10 +292,7 @@ def main() -> None:
     ratios = ratio_lines(table)
     print("\n" + "\n".join(render(table) + [""] + ratios))
     failed = [r for r in rows if r["returncode"] != 0]
-    lines = []
-    for log in sorted(work.glob("out-*/logs/*.log")):
-        lines += [f"{log.parent.parent.name}/{log.name}: {line}"
-                  for line in log.read_text().splitlines() if "[disteval]" in line]
+    lines = worker_lines(sorted(work.glob("out-*/logs/*.log")))
     if args.out:
         args.out.mkdir(parents=True, exist_ok=True)
         (args.out / "gpu.json").write_text(json.dumps(

@@ -29,6 +29,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _common import worker_lines  # noqa: E402
 from gpu import Sampler  # noqa: E402
 from realistic import make_model, make_tasks  # noqa: E402
 
@@ -155,11 +156,7 @@ def main() -> None:
     gpu = pynvml.nvmlDeviceGetName(pynvml.nvmlDeviceGetHandleByIndex(0))
     result = {"gpu": gpu if isinstance(gpu, str) else gpu.decode(), "rows": rows,
               "table": table, "scores": scores, "date": time.strftime("%Y-%m-%d")}
-    # where each worker's time went: the [disteval] lines of the plugin's worker logs
-    lines = []
-    for log in sorted(work.glob("*/logs/*.log")):
-        lines += [f"{log.parent.parent.name}/{log.name}: {line}"
-                  for line in log.read_text().splitlines() if "[disteval]" in line]
+    lines = worker_lines(sorted(work.glob("*/logs/*.log")))
     if args.out:
         args.out.mkdir(parents=True, exist_ok=True)
         tag = f"{args.docs}-r{args.first_round}"

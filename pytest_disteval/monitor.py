@@ -118,6 +118,7 @@ def cuda_visible_sampler(visible: str, device_order: str | None, *, nvml: Any = 
     """
     from .gpus import NoGPUError, NvmlInventory, select_visible
 
+    # the device numbers (ordinals) among the entries: NVML indices only in NVML's order
     guess = [int(e) for e in visible.split(",") if e.strip().isdigit()]
     unavailable = None
     chosen = []
@@ -126,10 +127,9 @@ def cuda_visible_sampler(visible: str, device_order: str | None, *, nvml: Any = 
         every = NvmlInventory(nvml=nvml, environ={}).gpus()
         chosen = select_visible(every, visible)
         names = sorted({g.name for g in every})
-        ordinals = any(e.strip().isdigit() for e in visible.split(","))
         if not chosen:
             unavailable = f"GPUs not sampled: CUDA_VISIBLE_DEVICES={visible!r} names no GPU"
-        elif (ordinals and len(names) > 1
+        elif (guess and len(names) > 1
               and (device_order or "").strip().upper() != PCI_BUS_ID):
             unavailable = (
                 f"GPUs not sampled: this node's GPUs are of different models "

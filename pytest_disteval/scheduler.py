@@ -23,7 +23,7 @@ from typing import Any
 import filelock
 
 from . import __version__, jobrecord, planner
-from .backends import BACKENDS
+from .backends import BACKENDS, Backend
 from .executors.base import Executor, WorkerTask
 from .executors.forkserver import COMMON_PRELOAD
 from .executors.local import LocalExecutor, WorkerRun, kill_all, log_tail
@@ -102,6 +102,14 @@ def worker_env(extra: dict[str, str] | None = None) -> dict[str, str]:
     env["PYTHONPATH"] = os.pathsep.join(
         p for p in (package_root, env.get("PYTHONPATH", "")) if p)
     env.update(extra or {})
+    return env
+
+
+def _backend_env(backend: Backend, group_env: dict[str, str] | None = None) -> dict[str, str]:
+    """A worker's environment with the backend's defaults (the user's own values win)."""
+    env = worker_env(group_env)
+    for name, value in backend.env.items():
+        env.setdefault(name, value)
     return env
 
 
@@ -383,9 +391,7 @@ class JobScheduler:
         layout = plan.layout if spec.get("mode") != "score" else Layout()
         command = [*backend.launch(self.settings.python, layout), str(spec_path)]
         log_path = self.settings.logs_dir / f"{name}.log"
-        env = worker_env(group_env)
-        for name, value in backend.env.items():
-            env.setdefault(name, value)
+        env = _backend_env(backend, group_env)
         replicas = len(plan.groups)
         if replicas > 1 and spec.get("mode") == "shard":
             # replicas share the host's cores (packed on a GPU, or on the CPU): without
@@ -482,7 +488,7 @@ class JobScheduler:
         """How many jobs run side by side: all of them when jobs are prefetched."""
         return len(self.jobs) if self._prefetching else 1
 
-    def _preload(self, backend: Any, plan: JobPlan, mode: str | None) -> tuple[str, ...] | None:
+    def _preload(self, backend: Backend, plan: JobPlan, mode: str | None) -> tuple[str, ...] | None:
         """What the forkserver must have imported to fork this worker; None: a subprocess."""
         start = self.settings.worker_start
         if start == "subprocess" or (start == "auto" and plan.on_gpu):
@@ -530,10 +536,7 @@ class JobScheduler:
             if all(self.store.get(job.model_key, job.entry_key(e)) is not None
                    for e in job.entries):
                 continue
-            env = worker_env()
-            for name, value in backend.env.items():
-                env.setdefault(name, value)
-            self._local.prestart(self.settings.python, backend.preload, env)
+            self._local.prestart(self.settings.python, backend.preload, _backend_env(backend))
             return
 
     def prefetch(self) -> None:

@@ -259,12 +259,20 @@ class ForkedWorker:
         return self.returncode
 
 
-def _running(pid: int) -> bool:
+def proc_stat(proc_dir: Path) -> list[str] | None:
+    """The fields of ``/proc/<pid>/stat`` after the command name (the state first, the
+    process group third); None when the process is gone."""
     try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
+        stat = (proc_dir / "stat").read_text()
     except OSError:
-        return False
-    return stat.rsplit(")", 1)[-1].split()[0] != "Z"
+        return None
+    # "pid (comm) state ppid pgrp ...": comm may hold spaces and parentheses
+    return stat.rsplit(")", 1)[-1].split()
+
+
+def _running(pid: int) -> bool:
+    fields = proc_stat(Path(f"/proc/{pid}"))
+    return fields is not None and bool(fields) and fields[0] != "Z"
 
 
 class ForkServer:

@@ -20,7 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from .forkserver import ForkServer
+from .forkserver import ForkServer, proc_stat
 
 if TYPE_CHECKING:
     from .base import WorkerTask
@@ -110,13 +110,8 @@ def _group_alive(pgid: int) -> bool:
     for entry in proc_dir.iterdir():
         if not entry.name.isdigit():
             continue
-        try:
-            stat = (entry / "stat").read_text()
-        except OSError:
-            continue
-        # "pid (comm) state ppid pgrp ...": comm may hold spaces and parentheses
-        fields = stat.rsplit(")", 1)[-1].split()
-        if len(fields) > 2 and fields[2] == str(pgid) and fields[0] != "Z":
+        fields = proc_stat(entry)
+        if fields and len(fields) > 2 and fields[2] == str(pgid) and fields[0] != "Z":
             return True
     return False
 
@@ -194,24 +189,30 @@ class LocalExecutor:
     def prestart(self, python: str, preload: tuple[str, ...] | None,
                  env: dict[str, str]) -> None:
         """Start the forkserver a worker will need now, so its imports overlap the rest."""
-        self._server_for([python, "-m", WORKER_MODULE, "-"], env, preload)
+        self._server(python, env, preload)
 
     def _server_for(self, command: list[str], env: dict[str, str],
                     preload: tuple[str, ...] | None) -> ForkServer | None:
-        """The running server that can fork this worker, or a new one; None: subprocess."""
-        if (self.start == "subprocess" or preload is None or not sys.platform.startswith("linux")
-                or len(command) != 4 or command[1:3] != ["-m", WORKER_MODULE]):
-            return None  # torchrun and other launchers, or forking is off or unavailable
+        """The server that can fork this worker's command; None: a subprocess."""
+        if len(command) != 4 or command[1:3] != ["-m", WORKER_MODULE]:
+            return None  # torchrun and other launchers
+        return self._server(command[0], env, preload)
+
+    def _server(self, python: str, env: dict[str, str],
+                preload: tuple[str, ...] | None) -> ForkServer | None:
+        """The running server with these imports and environment, or a new one."""
+        if self.start == "subprocess" or preload is None or not sys.platform.startswith("linux"):
+            return None  # forking is off, not asked for, or unavailable
         with self._lock:
             self._servers = [s for s in self._servers if s.alive]
             for server in self._servers:
-                if server.python == command[0] and server.compatible(preload, env):
+                if server.python == python and server.compatible(preload, env):
                     return server
             if len(self._servers) >= MAX_SERVERS or self.logs_dir is None:
                 return None
             # beside the workers' logs, not among them: one log there is one worker run
             log = self.logs_dir / "forkserver" / f"{os.getpid()}-{len(self._servers)}.log"
-            server = ForkServer(command[0], preload, env, log)
+            server = ForkServer(python, preload, env, log)
             self._servers.append(server)
             return server
 

@@ -10,8 +10,6 @@ import sys
 import time
 from pathlib import Path
 
-import pytest
-
 from pytest_disteval.executors.forkserver import ForkServer, env_difference, server_env
 from pytest_disteval.executors.local import LocalExecutor, run_worker
 
