@@ -490,11 +490,11 @@ class JobScheduler:
 
     def _preload(self, backend: Backend, plan: JobPlan, mode: str | None) -> tuple[str, ...] | None:
         """What the forkserver must have imported to fork this worker; None: a subprocess."""
-        start = self.settings.worker_start
-        if start == "subprocess" or (start == "auto" and plan.on_gpu):
-            # auto: forking beside CUDA is guarded (executors/forkserver.py) but not yet
-            # measured on a GPU machine, so GPU jobs keep their subprocesses for now
+        if self.settings.worker_start == "subprocess":
             return None
+        # auto forks GPU jobs too: the server imports torch without initialising CUDA
+        # (executors/forkserver.py checks), and forked hf workers scored the same on an
+        # H200 (tests/test_gpu.py; docs/benchmarks.md §7)
         return COMMON_PRELOAD if mode == "score" else backend.preload
 
     def start_line(self, job: EvalJob, plan: JobPlan) -> str | None:
@@ -507,10 +507,8 @@ class JobScheduler:
                     "and lm-eval imported once)")
         if backend.preload is None:
             why = f"{backend.name} workers are not forked"
-        elif self.settings.worker_start == "subprocess":
-            why = "--disteval-worker-start subprocess"
         else:
-            why = "auto starts jobs on GPUs as subprocesses; --disteval-worker-start forkserver"
+            why = "--disteval-worker-start subprocess"
         return f"  workers: subprocesses ({why})"
 
     def warm_up(self) -> None:

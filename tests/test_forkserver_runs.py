@@ -41,7 +41,7 @@ def test_auto_forks_jobs_on_the_cpu_and_keeps_subprocesses_for_gpu_jobs() -> Non
                                      SimpleNamespace(on_gpu=on_gpu), mode)  # type: ignore
 
     assert preload("auto", on_gpu=False) == BACKENDS["hf"].preload
-    assert preload("auto", on_gpu=True) is None
+    assert preload("auto", on_gpu=True) == BACKENDS["hf"].preload  # GPU jobs fork too
     assert preload("forkserver", on_gpu=True) == BACKENDS["hf"].preload
     assert preload("forkserver", on_gpu=True, mode="score") == COMMON_PRELOAD
     assert preload("forkserver", on_gpu=False, backend="vllm") is None  # never forked

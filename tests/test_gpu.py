@@ -68,9 +68,9 @@ def test_the_hf_backend_runs_on_a_gpu(project: pytest.Pytester, demo: Demo) -> N
     (start,) = [r for r in map(json.loads, (base / "workers.jsonl").read_text().splitlines())
                 if r["event"] == "start"]
     assert start["gpus"] == [_inventory().gpus()[0].index]  # type: ignore[union-attr]
-    # auto: a job on a GPU starts its worker as a subprocess (forking is opt-in there)
+    # auto forks GPU jobs too, from a server that imported torch without starting CUDA
     (log,) = (base / "logs").glob("*.log")
-    assert "forked from the forkserver" not in log.read_text()
+    assert "forked from the forkserver" in log.read_text()
 
 
 def test_forked_workers_on_a_gpu_see_their_group_and_score_the_same(
@@ -89,16 +89,16 @@ def test_forked_workers_on_a_gpu_see_their_group_and_score_the_same(
             thresholds: {{acc: 0.0}}
         """)
     scores = {}
-    for start in ("forkserver", "subprocess"):
+    for start in ("auto", "subprocess"):  # auto: the default forks GPU jobs too
         base = project.path / start
-        project.runpytest("suites", "--gpus", "1", "--dp", "2", "--disteval-pack", "2",
+        project.runpytest("suites", "--gpus", "1", "--disteval-pack", "2",
                           f"--disteval-dir={base}", f"--disteval-worker-start={start}"
                           ).assert_outcomes(passed=1)
         data = json.loads((base / "results" / "suites" / "gpu" / "weak.json").read_text())
         scores[start] = data["results"]["arith_mc"]
         logs = {p.name: p.read_text() for p in (base / "logs").glob("*.log")}
         forked = [n for n, t in logs.items() if "forked from the forkserver" in t]
-        if start == "forkserver":
+        if start == "auto":
             # the server imported torch without initialising CUDA (else it would have
             # refused and said why in each log): both shards and the scorer forked
             assert len(forked) == 3, logs
@@ -108,7 +108,7 @@ def test_forked_workers_on_a_gpu_see_their_group_and_score_the_same(
                     assert f"imports done there; CUDA_VISIBLE_DEVICES={gpu}" in text
         else:
             assert forked == []
-    assert scores["forkserver"] == scores["subprocess"]
+    assert scores["auto"] == scores["subprocess"]
 
 
 def test_a_real_cuda_oom_is_retried_at_smaller_batches(project: pytest.Pytester) -> None:

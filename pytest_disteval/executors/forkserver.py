@@ -99,9 +99,11 @@ def _preload(modules: list[str]) -> dict[str, Any]:
     if error is None and torch is not None and torch.cuda.is_initialized():
         error = "CUDA was initialised while importing: a forked worker could not use it"
     if error is None and _cuda_driver_loaded():
-        # loaded by another library (not torch, whose check above would have seen it):
-        # whether it called cuInit cannot be told, and a child could not undo it
-        error = "the CUDA driver library was loaded while importing: forking is unsafe"
+        # loaded by another library (not torch, whose check above would have seen it).
+        # Loaded is harmless; initialised (cuInit called) is what a child cannot undo
+        state = _cuda_driver_state()
+        if state != "not initialised":
+            error = f"the CUDA driver was loaded while importing ({state}): forking is unsafe"
     others = [t.name for t in threading.enumerate() if t is not threading.main_thread()]
     if error is None and others:
         error = f"threads running after the imports ({', '.join(others)}): forking is unsafe"
@@ -116,6 +118,32 @@ def _cuda_driver_loaded() -> bool:
     except OSError:
         return False
     return "libcuda.so" in maps
+
+
+CUDA_ERROR_NOT_INITIALIZED = 3
+
+
+def _cuda_driver_state() -> str:
+    """Whether the loaded libcuda has been initialised, asked without initialising it.
+
+    Every driver call but cuInit answers CUDA_ERROR_NOT_INITIALIZED until cuInit ran;
+    RTLD_NOLOAD binds the copy already mapped instead of loading one.
+    """
+    import ctypes
+
+    for name in ("libcuda.so.1", "libcuda.so"):
+        try:
+            lib = ctypes.CDLL(name, mode=os.RTLD_NOLOAD)
+            break
+        except OSError:
+            continue
+    else:
+        return "state unknown"
+    count = ctypes.c_int(0)
+    code = lib.cuDeviceGetCount(ctypes.byref(count))
+    if code == CUDA_ERROR_NOT_INITIALIZED:
+        return "not initialised"
+    return "initialised" if code == 0 else f"cuDeviceGetCount returned {code}"
 
 
 def _c_getenv(name: str) -> str | None:

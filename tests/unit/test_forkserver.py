@@ -4,11 +4,14 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
 import time
 from pathlib import Path
+
+import pytest
 
 from pytest_disteval.executors.forkserver import ForkServer, env_difference, server_env
 from pytest_disteval.executors.local import LocalExecutor, run_worker
@@ -176,3 +179,48 @@ def test_a_waiting_scoring_worker_stops_when_its_session_is_gone(tmp_path: Path)
                      timeout=60)
     assert run.returncode == 3 and not run.timed_out
     assert f"the pytest session (pid {gone.pid})" in (tmp_path / "w.log").read_text()
+
+
+FAKE_LIBCUDA = """
+/* the one driver call the forkserver makes: like libcuda, it answers
+   CUDA_ERROR_NOT_INITIALIZED (3) until cuInit has run */
+int cuDeviceGetCount(int *count) {
+    if (!INITIALISED) return 3;
+    *count = 1;
+    return 0;
+}
+"""
+
+PROBE = """
+import ctypes, json, os, sys
+ctypes.CDLL(sys.argv[1], mode=os.RTLD_GLOBAL)  # mapped, as torch's CUDA build maps it
+from pytest_disteval.executors import forkserver
+ready = forkserver._preload([])
+print(json.dumps([forkserver._cuda_driver_loaded(), forkserver._cuda_driver_state(),
+                  ready["ready"], ready["error"]]))
+"""
+
+
+@pytest.mark.parametrize("initialised", [0, 1])
+def test_a_mapped_cuda_driver_blocks_forking_only_once_initialised(
+        tmp_path: Path, initialised: int) -> None:
+    # torch's CUDA build maps libcuda at import without calling cuInit (seen on the
+    # H200: the old check refused every GPU machine and its workers waited on the
+    # server's imports for nothing). A stand-in driver behind the same soname and call
+    cc = shutil.which("cc")
+    if cc is None:
+        pytest.skip("no C compiler to build a stand-in libcuda")
+    source = tmp_path / "fake.c"
+    source.write_text(FAKE_LIBCUDA)
+    lib = tmp_path / "libcuda.so.1"
+    subprocess.run([cc, "-shared", "-fPIC", f"-DINITIALISED={initialised}",
+                    "-Wl,-soname,libcuda.so.1", "-o", str(lib), str(source)], check=True)
+    out = subprocess.run([sys.executable, "-c", PROBE, str(lib)], capture_output=True,
+                         text=True, check=True).stdout
+    loaded, state, ready, error = json.loads(out)
+    assert loaded is True
+    if initialised:
+        assert state == "initialised" and ready is False
+        assert "CUDA driver was loaded while importing (initialised)" in error
+    else:
+        assert state == "not initialised" and ready is True and error is None
