@@ -58,6 +58,10 @@ print(json.dumps(out))
 """
 
 
+# where nvidia-cuda-mps-control puts its control pipe unless CUDA_MPS_PIPE_DIRECTORY says
+MPS_PIPE_DEFAULT = "/tmp/nvidia-mps"
+
+
 @dataclass(frozen=True)
 class Check:
     name: str
@@ -95,6 +99,7 @@ class Doctor:
         if not self.preflight:
             checks.extend(self._plan_checks(plans))
         checks.extend(self._interconnect(inv, plans))
+        checks.extend(self._packing(inv, plans))
         checks.extend(self._disk())
         checks.append(self._offline())
         checks.extend(self._models())
@@ -285,6 +290,33 @@ class Doctor:
                          *(c for c in links if c.status != PASS)]
             checks.extend(links)
         return checks
+
+    def _packing(self, inv: Inventory | None,
+                 plans: Mapping[str, JobPlan | LayoutError]) -> list[Check]:
+        """Replicas packed on a real GPU: is the MPS daemon there to run them side by side?
+
+        Without it the GPU time-slices between processes, a few milliseconds each: on
+        the H200 four packed shards took as long as one replica doing all the work
+        (docs/benchmarks.md, section 7).
+        """
+        if inv is None or inv.source != "nvml":
+            return []
+        packed = [key for key, plan in plans.items() if isinstance(plan, JobPlan)
+                  and plan.groups and plan.groups[0]
+                  and len({tuple(g.uuid for g in group) for group in plan.groups})
+                  < len(plan.groups)]
+        if not packed:
+            return []
+        pipe = Path(self.environ.get("CUDA_MPS_PIPE_DIRECTORY", MPS_PIPE_DEFAULT))
+        jobs = ", ".join(packed)
+        if (pipe / "control").exists():
+            return [Check("packing", PASS, f"{jobs}: packed replicas share their GPUs "
+                                           f"through MPS (daemon at {pipe})")]
+        return [Check("packing", WARN,
+                      f"{jobs}: replicas packed on a GPU with no MPS daemon ({pipe}/control "
+                      "absent): their kernels take turns on it instead of running together",
+                      "start MPS before the run (nvidia-cuda-mps-control -d; "
+                      "docs/layouts.md#packing-replicas-on-a-group)")]
 
     # -- disk, offline, models, datasets ---------------------------------------
 

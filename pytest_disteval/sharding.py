@@ -315,6 +315,7 @@ class KindStats:
     executed: int = 0  # run on the real LM by this process
     tokens: float = 0.0  # cost of the executed requests (the balancing measure)
     seconds: float = 0.0  # in the real LM and the store, for the executed requests
+    plan_s: float = 0.0  # costing, assigning and looking up this shard's requests
 
     def add(self, other: KindStats) -> None:
         for name in self.__dataclass_fields__:
@@ -348,6 +349,8 @@ class ShardLM(LM):
         self._cost = cost
         self._log = log or (lambda message: None)
         self.stats: dict[str, KindStats] = {}
+        # when lm-eval first asked for responses: what came before was building requests
+        self.first_request_at: float | None = None
         if hasattr(lm, "MULTIMODAL"):
             self.MULTIMODAL = lm.MULTIMODAL
 
@@ -367,6 +370,10 @@ class ShardLM(LM):
         stats, self.stats = self.stats, {}
         return stats
 
+    def take_first_request_at(self) -> float | None:
+        first, self.first_request_at = self.first_request_at, None
+        return first
+
     def loglikelihood(self, requests: list[Any]) -> list[Any]:
         return self._run("loglikelihood", requests)
 
@@ -377,6 +384,9 @@ class ShardLM(LM):
         return self._run("generate_until", requests)
 
     def _run(self, kind: str, requests: list[Any]) -> list[Any]:
+        planning = time.perf_counter()
+        if self.first_request_at is None:
+            self.first_request_at = planning
         stats = self.stats.setdefault(kind, KindStats())
         keys = request_keys(kind, requests)
         cost = self._cost(self.lm, kind)
@@ -396,6 +406,7 @@ class ShardLM(LM):
         stats.distinct += len(first)
         stats.in_shard += len(mine)
         stats.already_stored += len(mine) - len(todo)
+        stats.plan_s += time.perf_counter() - planning
         self._log(f"[disteval] shard {self.index}/{self.count} {kind}: {len(mine)} of "
                   f"{len(first)} distinct requests, {len(mine) - len(todo)} already stored, "
                   f"{len(todo)} to run")

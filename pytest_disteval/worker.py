@@ -332,11 +332,11 @@ def run(spec: dict[str, Any]) -> dict[str, Any]:
                 # counting tokens is outside eval_s; its own cost is kept to be seen
                 timing["runs"][-1]["count_s"] = time.perf_counter() - counted
             if shard_report is not None:
-                _record_shard_run(shard_report, lm, tasks, settings, seconds, started)
+                run = _record_shard_run(shard_report, lm, tasks, settings, seconds, started, t0)
                 write_json_atomic(_run_dir(spec) / f"shard-{spec['shard']['index']}.json",
                                   shard_report)
                 print(f"[disteval] shard {spec['shard']['index']} ran {', '.join(tasks)} "
-                      f"({seconds:.1f}s)", flush=True)
+                      f"({_shard_phases(run)})", flush=True)
                 continue
             assert results is not None  # rank 0 of a single process always gets results
             env = {k: results.get(k) for k in ("lm_eval_version", "transformers_version",
@@ -410,15 +410,20 @@ def _subtasks(results: dict[str, Any], task: str) -> list[str]:
 
 
 def _record_shard_run(report: dict[str, Any], lm: Any, tasks: list[str],
-                      settings: dict[str, Any], seconds: float, started: float) -> None:
-    """Add a run's per-kind counts to ``report`` and update its totals."""
+                      settings: dict[str, Any], seconds: float, started: float,
+                      run_started: float) -> dict[str, Any]:
+    """Add a run's per-kind counts to ``report``, update its totals; the run's entry."""
     from dataclasses import asdict
 
     from .sharding import KindStats
 
     stats: dict[str, KindStats] = lm.take_stats()
-    report["runs"].append({"tasks": tasks, "settings": settings, "eval_s": seconds,
-                           "kinds": {kind: asdict(s) for kind, s in stats.items()}})
+    first = lm.take_first_request_at()
+    # lm-eval's own work before it asked for responses: the dataset, the contexts
+    build = None if first is None else first - run_started
+    run = {"tasks": tasks, "settings": settings, "eval_s": seconds, "build_s": build,
+           "kinds": {kind: asdict(s) for kind, s in stats.items()}}
+    report["runs"].append(run)
     total = KindStats()
     for run in report["runs"]:
         for kind_stats in run["kinds"].values():
@@ -426,6 +431,19 @@ def _record_shard_run(report: dict[str, Any], lm: Any, tasks: list[str],
     report.update({"requests_executed": total.executed, "requests_in_shard": total.in_shard,
                    "already_stored": total.already_stored, "tokens": total.tokens,
                    "seconds": total.seconds, "elapsed_s": time.perf_counter() - started})
+    return run
+
+
+def _shard_phases(run: dict[str, Any]) -> str:
+    """Where a shard's seconds went, for its log: a packed GPU's time shows up here."""
+    kinds = run["kinds"].values()
+    model = sum(k["seconds"] for k in kinds)
+    parts = [f"{run['eval_s']:.1f}s"]
+    if run["build_s"] is not None:
+        parts.append(f"{run['build_s']:.1f}s building requests, "
+                     f"{sum(k['plan_s'] for k in kinds):.1f}s planning the shard, "
+                     f"{model:.1f}s in the model and the store")
+    return ": ".join(parts)
 
 
 def main(argv: list[str]) -> int:

@@ -262,6 +262,12 @@ def test_shards_run_each_request_once_and_store_what_caching_lm_stores(
     assert sum(r["requests_executed"] for r in reports) + killed == len(ours)
     executed = [r["requests_executed"] for r in reports]
     assert min(executed) > 0
+    # the phases of each run add up within its eval_s: building, planning, the model
+    for run in (run for r in reports for run in r["runs"]):
+        kinds = run["kinds"].values()
+        phases = [run["build_s"], sum(k["plan_s"] for k in kinds),
+                  sum(k["seconds"] for k in kinds)]
+        assert all(p > 0 for p in phases) and sum(phases) <= run["eval_s"]
     # lm-eval's own CachingLM (in the direct run) keys by hash_args(kind, args) too
     from sqlitedict import SqliteDict
 

@@ -209,3 +209,24 @@ def test_render_shows_fixes_of_problems_only() -> None:
                      "            fix: install torch with CUDA"]
     assert doctor.counts([Check("a", PASS, ""), Check("b", WARN, "")]) == \
         "1 passed, 1 warnings, 0 failed"
+
+
+def test_packed_replicas_on_a_real_gpu_warn_without_an_mps_daemon(tmp_path: Path,
+                                                                  nvml: DriverNvml) -> None:
+    pipe = tmp_path / "mps"
+    pipe.mkdir()
+    env = {"CUDA_MPS_PIPE_DIRECTORY": str(pipe)}
+
+    def packing(**gpu: Any) -> Check | None:
+        checks = Doctor(scheduler(tmp_path, **gpu), environ=env, probe=nccl_ok,
+                        free_bytes=lambda p: 500 * GiB).run()
+        return by_name(checks).get("packing")
+
+    assert packing() is None  # one replica per group: nothing shares a GPU
+    check = packing(pack=2)
+    assert check is not None and check.status == WARN
+    assert f"{pipe}/control absent" in check.detail
+    assert "nvidia-cuda-mps-control -d" in check.fix
+    (pipe / "control").touch()  # the daemon's control pipe
+    check = packing(pack=2)
+    assert check is not None and check.status == PASS and str(pipe) in check.detail
