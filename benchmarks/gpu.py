@@ -10,16 +10,20 @@ documents, ~400-token contexts, 4 choices: 4,000 loglikelihood requests) and
 process, timed from start to exit, with an NVML sampler (0.2 s) beside it.
 Rounds alternate their order so drift hits every run alike.
 
-runs (``--only`` takes names or their groups: core, pack, batch, vllm, gen):
+runs (``--only`` takes names or their groups: core, pack, start, mps, batch, vllm, gen):
 
   core   lm_eval-hf      ``lm_eval run --model hf`` (batch 64) on bench_mc, as users run it
          plugin-hf       ``pytest <suite> --gpus 1`` on an empty store (cold), workers
-                         forked (``--disteval-worker-start=forkserver``; also pack)
+                         forked (``--disteval-worker-start=forkserver``, as auto does;
+                         also pack)
          plugin-hf-warm  the same command again, answered from the store
   pack   plugin-hf-pack2, -pack4, -pack8   2 / 4 / 8 replicas packed on the GPU (cold)
   start  plugin-hf-subprocess, plugin-hf-pack4-subprocess   the same with
          --disteval-worker-start=subprocess: every worker imports torch,
          transformers and lm-eval itself (the default forks them from one server)
+  mps    plugin-hf-mps, plugin-hf-pack4-mps, plugin-hf-pack8-mps   one and 4 / 8
+         packed replicas with NVIDIA's MPS daemon up, started before and quit after
+         each run (a user process: the card's compute mode is left as found)
   batch  plugin-hf-bs16, plugin-hf-bs256    other batch sizes (cold)
   vllm   plugin-vllm     the vllm backend on bench_mc (enforce_eager: no compile cache
                          is kept between machines, so the first start would compile)
@@ -35,6 +39,7 @@ and the ratios against the targets; ``--out`` keeps JSON and the workers' timing
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import shutil
@@ -53,6 +58,9 @@ from realistic import make_model, make_tasks  # noqa: E402
 GROUPS = {"core": ["lm_eval-hf", "plugin-hf", "plugin-hf-warm"],
           "pack": ["plugin-hf-pack2", "plugin-hf-pack4", "plugin-hf-pack8"],
           "start": ["plugin-hf-subprocess", "plugin-hf-pack4-subprocess"],
+          # the same single and packed runs with the MPS daemon up (started and quit
+          # around each run, alternating with the runs above)
+          "mps": ["plugin-hf-mps", "plugin-hf-pack4-mps", "plugin-hf-pack8-mps"],
           "batch": ["plugin-hf-bs16", "plugin-hf-bs256"],
           "vllm": ["plugin-vllm"],
           "gen": ["plugin-hf-gen", "plugin-vllm-gen"]}
@@ -65,6 +73,12 @@ TARGETS = [  # (label, numerator run, denominator run, kind, bound)
     ("forked / subprocess workers, cold", "plugin-hf", "plugin-hf-subprocess", "", None),
     ("forked / subprocess workers, pack 4", "plugin-hf-pack4", "plugin-hf-pack4-subprocess",
      "", None),
+    ("pack 4 with MPS throughput / plain lm_eval", "lm_eval-hf", "plugin-hf-pack4-mps", ">=",
+     1.5),
+    ("pack 8 with MPS throughput / plain lm_eval", "lm_eval-hf", "plugin-hf-pack8-mps", ">=",
+     1.5),
+    ("MPS / no MPS, one replica", "plugin-hf-mps", "plugin-hf", "", None),
+    ("MPS / no MPS, pack 4", "plugin-hf-pack4-mps", "plugin-hf-pack4", "", None),
     ("vllm / hf wall, bench_mc", "plugin-vllm", "plugin-hf", "", None),
     ("vllm / hf wall, bench_gen", "plugin-vllm-gen", "plugin-hf-gen", "", None),
 ]
@@ -172,6 +186,12 @@ def plan_runs(work: Path, suite_dir: Path, model: Path, quick: bool) -> dict[str
     plugin("plugin-hf-subprocess", "hf", "bench_mc", "64", ["--disteval-worker-start=subprocess"])
     plugin("plugin-hf-pack4-subprocess", "hf", "bench_mc", "64",
            ["--disteval-pack", "4", "--disteval-worker-start=subprocess"])
+    plugin("plugin-hf-mps", "hf", "bench_mc", "64", fork)
+    runs["plugin-hf-mps"]["mps"] = True
+    for n in (4, 8):
+        plugin(f"plugin-hf-pack{n}-mps", "hf", "bench_mc", "64",
+               ["--disteval-pack", str(n), *fork])
+        runs[f"plugin-hf-pack{n}-mps"]["mps"] = True
     for bs in (16, 256):
         plugin(f"plugin-hf-bs{bs}", "hf", "bench_mc", str(bs), [])
     plugin("plugin-vllm", "vllm", "bench_mc", "auto", [])
@@ -198,15 +218,48 @@ def wait_for_idle(idle_mem: int, limit_s: float = 60.0) -> float:
     return round(time.perf_counter() - start, 1)
 
 
+class Mps:
+    """The MPS control daemon for one run: a user process, started and quit around it.
+
+    It changes no setting of the card (compute mode stays as found); while it runs,
+    the CUDA processes of this user share the GPU through one MPS server instead of
+    taking turns in time slices.
+    """
+
+    def __init__(self, work: Path, env: dict[str, str]) -> None:
+        self.control = shutil.which("nvidia-cuda-mps-control")
+        self.env = {**env, "CUDA_MPS_PIPE_DIRECTORY": str(work / "mps-pipe"),
+                    "CUDA_MPS_LOG_DIRECTORY": str(work / "mps-log")}
+
+    def __enter__(self) -> dict[str, str]:
+        if self.control is None:
+            raise RuntimeError("nvidia-cuda-mps-control not found: no MPS runs here")
+        for key in ("CUDA_MPS_PIPE_DIRECTORY", "CUDA_MPS_LOG_DIRECTORY"):
+            Path(self.env[key]).mkdir(parents=True, exist_ok=True)
+        subprocess.run([self.control, "-d"], env=self.env, check=True)
+        return self.env
+
+    def __exit__(self, *exc: object) -> None:
+        assert self.control is not None
+        subprocess.run([self.control], input="quit\n", text=True, env=self.env, check=False)
+        pipe = Path(self.env["CUDA_MPS_PIPE_DIRECTORY"]) / "control"
+        deadline = time.perf_counter() + 30
+        while pipe.exists() and time.perf_counter() < deadline:
+            time.sleep(0.2)  # the next run must not find the daemon still there
+
+
 def run_once(name: str, spec: dict[str, Any], out: Path, log: Path, env: dict[str, str],
              idle_mem: int) -> dict[str, Any]:
     command = [c.replace("{out}", str(out)) for c in spec["command"]]
     waited = wait_for_idle(idle_mem)
-    start = time.perf_counter()
-    with Sampler() as sampler, log.open("w") as handle:
-        rc = subprocess.call(command, cwd=spec["cwd"], env=env, stdout=handle,
-                             stderr=subprocess.STDOUT)
-    row: dict[str, Any] = {"run": name, "wall_s": round(time.perf_counter() - start, 2),
+    mps = Mps(out.parent, env) if spec.get("mps") else contextlib.nullcontext(env)
+    with mps as run_env:  # the daemon is up before the clock starts, as a user's would be
+        start = time.perf_counter()
+        with Sampler() as sampler, log.open("w") as handle:
+            rc = subprocess.call(command, cwd=spec["cwd"], env=run_env, stdout=handle,
+                                 stderr=subprocess.STDOUT)
+        wall = time.perf_counter() - start
+    row: dict[str, Any] = {"run": name, "wall_s": round(wall, 2),
                            "returncode": rc, "waited_for_idle_s": waited,
                            **sampler.summary(idle_mem)}
     if rc != 0:
@@ -257,6 +310,10 @@ def main() -> None:
     if unknown:
         raise SystemExit(f"unknown runs {unknown}; known: {sorted(runs)} and groups "
                          f"{sorted(GROUPS)}")
+    no_mps = [w for w in wanted if runs[w].get("mps")]
+    if no_mps and (args.quick or shutil.which("nvidia-cuda-mps-control") is None):
+        print(f"skipped {no_mps}: no MPS on {'the CPU' if args.quick else 'this machine'}")
+        wanted = [w for w in wanted if w not in no_mps]
     print(f"model and tasks ready in {time.perf_counter() - t0:.1f}s", flush=True)
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1",
            "TRANSFORMERS_OFFLINE": "1", "TOKENIZERS_PARALLELISM": "false",
