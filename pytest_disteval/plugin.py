@@ -76,7 +76,7 @@ def pytest_addoption(parser: pytest.Parser) -> None:
                     help="How local workers start: forkserver (hf and scoring workers forked "
                          "from one process that imported torch, transformers and lm-eval "
                          "once), subprocess (each imports everything itself), or auto "
-                         "(forkserver for jobs on the CPU, subprocess on GPUs) (default: auto)")
+                         "(as forkserver; default)")
     group.addoption("--ray-address", dest="ray_address", metavar="ADDRESS",
                     help="Ray cluster for --disteval-executor ray: auto, ray://host:port or "
                          "host:port (default: $RAY_ADDRESS, else a local Ray instance)")

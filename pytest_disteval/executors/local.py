@@ -26,8 +26,8 @@ if TYPE_CHECKING:
     from .base import WorkerTask
 
 WORKER_MODULE = "pytest_disteval.worker"
-# auto: forked for jobs on the CPU, subprocesses on GPUs (forking there is not yet
-# measured on a GPU machine); forkserver: forked wherever the backend allows
+# auto (the default) and forkserver: forked wherever the backend allows, CPU and GPU;
+# auto stays a name of its own so that a case found unsafe can leave it later
 START_METHODS = ("auto", "forkserver", "subprocess")
 MAX_SERVERS = 2  # one per set of imports (an hf job's, a scoring worker's): no more
 
