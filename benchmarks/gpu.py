@@ -169,15 +169,16 @@ def plan_runs(work: Path, suite_dir: Path, model: Path, quick: bool) -> dict[str
             "cpu" if quick else "cuda:0", "--output_path", "{out}"]},
     }
 
-    def plugin(name: str, backend: str, task: str, batch: str, extra: list[str]) -> None:
+    def plugin(name: str, backend: str, task: str, batch: str, extra: list[str],
+               mps: bool = False) -> None:
         suite = suite_dir / f"{name}.yaml"
         suite.write_text(suite_text(name, backend, model, task, batch, device))
-        runs[name] = {"task": task, "cwd": suite_dir, "command": [
+        runs[name] = {"task": task, "cwd": suite_dir, "mps": mps, "command": [
             py, "-m", "pytest", "-p", "no:cacheprovider", "-q", str(suite), *gpus,
             "--disteval-dir={out}", *extra]}
 
-    # forked workers: opt-in on GPUs (auto starts subprocesses there); the "start"
-    # group runs the same with subprocesses
+    # forked workers, named (auto forks them too): the "start" group runs the same
+    # with subprocesses
     fork = ["--disteval-worker-start=forkserver"]
     plugin("plugin-hf", "hf", "bench_mc", "64", fork)
     runs["plugin-hf-warm"] = dict(runs["plugin-hf"], warm_of="plugin-hf")
@@ -187,12 +188,10 @@ def plan_runs(work: Path, suite_dir: Path, model: Path, quick: bool) -> dict[str
     plugin("plugin-hf-subprocess", "hf", "bench_mc", "64", ["--disteval-worker-start=subprocess"])
     plugin("plugin-hf-pack4-subprocess", "hf", "bench_mc", "64",
            ["--disteval-pack", "4", "--disteval-worker-start=subprocess"])
-    plugin("plugin-hf-mps", "hf", "bench_mc", "64", fork)
-    runs["plugin-hf-mps"]["mps"] = True
+    plugin("plugin-hf-mps", "hf", "bench_mc", "64", fork, mps=True)
     for n in (4, 8):
         plugin(f"plugin-hf-pack{n}-mps", "hf", "bench_mc", "64",
-               ["--disteval-pack", str(n), *fork])
-        runs[f"plugin-hf-pack{n}-mps"]["mps"] = True
+               ["--disteval-pack", str(n), *fork], mps=True)
     for bs in (16, 256):
         plugin(f"plugin-hf-bs{bs}", "hf", "bench_mc", str(bs), [])
     plugin("plugin-vllm", "vllm", "bench_mc", "auto", [])

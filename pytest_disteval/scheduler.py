@@ -407,7 +407,7 @@ class JobScheduler:
         executor = self.executor if spec.get("mode") != "score" else self._local
         task = WorkerTask(command, env, log_path, timeout, spec, spec_path, name, len(group))
         # what a forked worker's server must have imported (None: never forked)
-        task.extra["preload"] = self._preload(backend, plan, spec.get("mode"))
+        task.extra["preload"] = self._preload(backend, spec.get("mode"))
         if group and plan.on_gpu and not executor.remote:
             # NVML beside the worker: the group's timeline, kept in the run directory,
             # where the job record (jobrecord.gpu_section) reads every figure from. A
@@ -488,13 +488,15 @@ class JobScheduler:
         """How many jobs run side by side: all of them when jobs are prefetched."""
         return len(self.jobs) if self._prefetching else 1
 
-    def _preload(self, backend: Backend, plan: JobPlan, mode: str | None) -> tuple[str, ...] | None:
-        """What the forkserver must have imported to fork this worker; None: a subprocess."""
+    def _preload(self, backend: Backend, mode: str | None) -> tuple[str, ...] | None:
+        """What the forkserver must have imported to fork this worker; None: a subprocess.
+
+        The same on the CPU and on GPUs: the server imports torch without initialising
+        CUDA (executors/forkserver.py checks), and forked hf workers scored the same on
+        an H200 (tests/test_gpu.py; docs/benchmarks.md section 7).
+        """
         if self.settings.worker_start == "subprocess":
             return None
-        # auto forks GPU jobs too: the server imports torch without initialising CUDA
-        # (executors/forkserver.py checks), and forked hf workers scored the same on an
-        # H200 (tests/test_gpu.py; docs/benchmarks.md §7)
         return COMMON_PRELOAD if mode == "score" else backend.preload
 
     def start_line(self, job: EvalJob, plan: JobPlan) -> str | None:
@@ -502,7 +504,7 @@ class JobScheduler:
         if self.executor.remote:
             return None  # Ray's own lines say where the actors go
         backend = BACKENDS[job.model.backend]
-        if self._preload(backend, plan, "direct") is not None:
+        if self._preload(backend, "direct") is not None:
             return ("  workers: forked from the session's forkserver (torch, transformers "
                     "and lm-eval imported once)")
         if backend.preload is None:
@@ -524,10 +526,9 @@ class JobScheduler:
             backend = BACKENDS.get(job.model.backend)
             if backend is None or self._plan_failure(job):
                 continue
-            plan = self.plan(job)
-            if self._preload(backend, plan, "direct") is None:
+            if self._preload(backend, "direct") is None:
                 continue
-            layout = plan.layout
+            layout = self.plan(job).layout
             if backend.torchrun and layout.group_size > 1:
                 continue
             job.set_split(layout.tp, layout.pp)

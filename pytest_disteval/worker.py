@@ -332,11 +332,12 @@ def run(spec: dict[str, Any]) -> dict[str, Any]:
                 # counting tokens is outside eval_s; its own cost is kept to be seen
                 timing["runs"][-1]["count_s"] = time.perf_counter() - counted
             if shard_report is not None:
-                run = _record_shard_run(shard_report, lm, tasks, settings, seconds, started, t0)
+                shard_run = _record_shard_run(shard_report, lm, tasks, settings, seconds,
+                                              started, t0)
                 write_json_atomic(_run_dir(spec) / f"shard-{spec['shard']['index']}.json",
                                   shard_report)
                 print(f"[disteval] shard {spec['shard']['index']} ran {', '.join(tasks)} "
-                      f"({_shard_phases(run)})", flush=True)
+                      f"({_shard_phases(shard_run)})", flush=True)
                 continue
             assert results is not None  # rank 0 of a single process always gets results
             env = {k: results.get(k) for k in ("lm_eval_version", "transformers_version",
@@ -425,8 +426,8 @@ def _record_shard_run(report: dict[str, Any], lm: Any, tasks: list[str],
            "kinds": {kind: asdict(s) for kind, s in stats.items()}}
     report["runs"].append(run)
     total = KindStats()
-    for run in report["runs"]:
-        for kind_stats in run["kinds"].values():
+    for each in report["runs"]:
+        for kind_stats in each["kinds"].values():
             total.add(KindStats(**kind_stats))
     report.update({"requests_executed": total.executed, "requests_in_shard": total.in_shard,
                    "already_stored": total.already_stored, "tokens": total.tokens,

@@ -27,25 +27,23 @@ def _worker_logs(base: Path) -> dict[str, str]:
     return {p.name: p.read_text() for p in (base / "logs").glob("*.log")}
 
 
-def test_auto_forks_jobs_on_the_cpu_and_keeps_subprocesses_for_gpu_jobs() -> None:
+def test_auto_and_forkserver_fork_hf_and_scoring_workers_on_cpu_and_gpu_alike() -> None:
     from types import SimpleNamespace
 
     from pytest_disteval.backends import BACKENDS
     from pytest_disteval.executors.forkserver import COMMON_PRELOAD
     from pytest_disteval.scheduler import JobScheduler
 
-    def preload(start: str, on_gpu: bool, backend: str = "hf",
-                mode: str = "direct") -> object:
+    def preload(start: str, backend: str = "hf", mode: str = "direct") -> object:
+        # no plan is passed: where the job runs (CPU or GPU) does not decide it
         scheduler = SimpleNamespace(settings=SimpleNamespace(worker_start=start))
-        return JobScheduler._preload(scheduler, BACKENDS[backend],  # type: ignore[arg-type]
-                                     SimpleNamespace(on_gpu=on_gpu), mode)  # type: ignore
+        return JobScheduler._preload(scheduler, BACKENDS[backend], mode)  # type: ignore
 
-    assert preload("auto", on_gpu=False) == BACKENDS["hf"].preload
-    assert preload("auto", on_gpu=True) == BACKENDS["hf"].preload  # GPU jobs fork too
-    assert preload("forkserver", on_gpu=True) == BACKENDS["hf"].preload
-    assert preload("forkserver", on_gpu=True, mode="score") == COMMON_PRELOAD
-    assert preload("forkserver", on_gpu=False, backend="vllm") is None  # never forked
-    assert preload("subprocess", on_gpu=False) is None
+    assert preload("auto") == BACKENDS["hf"].preload  # GPU jobs fork too
+    assert preload("forkserver") == BACKENDS["hf"].preload
+    assert preload("forkserver", mode="score") == COMMON_PRELOAD
+    assert preload("forkserver", backend="vllm") is None  # never forked
+    assert preload("subprocess") is None
 
 
 def test_forked_and_subprocess_workers_give_the_same_scores(

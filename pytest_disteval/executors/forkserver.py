@@ -99,8 +99,9 @@ def _preload(modules: list[str]) -> dict[str, Any]:
     if error is None and torch is not None and torch.cuda.is_initialized():
         error = "CUDA was initialised while importing: a forked worker could not use it"
     if error is None and _cuda_driver_loaded():
-        # loaded by another library (not torch, whose check above would have seen it).
-        # Loaded is harmless; initialised (cuInit called) is what a child cannot undo
+        # torch's CUDA build maps libcuda as it is imported (seen on the H200), and so
+        # may another library. Mapped is harmless; initialised (cuInit called, by
+        # anyone) is what a child cannot undo
         state = _cuda_driver_state()
         if state != "not initialised":
             error = f"the CUDA driver was loaded while importing ({state}): forking is unsafe"
@@ -112,7 +113,7 @@ def _preload(modules: list[str]) -> dict[str, Any]:
 
 
 def _cuda_driver_loaded() -> bool:
-    """Whether libcuda is mapped into this process (torch loads it only as CUDA starts)."""
+    """Whether libcuda is mapped into this process (by any name: _cuda_driver_state asks it)."""
     try:
         maps = Path("/proc/self/maps").read_text()
     except OSError:
