@@ -61,16 +61,24 @@ class Browser:
              "--window-size=1400,1000", "about:blank"],
             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
             start_new_session=True)  # its renderer, GPU and crash helpers end with it
-        port = self._port()
-        deadline = time.monotonic() + 30
-        while True:
-            with urllib.request.urlopen(f"http://127.0.0.1:{port}/json/list", timeout=5) as r:
-                pages = [t for t in json.load(r) if t.get("type") == "page"]
-            if pages or time.monotonic() > deadline:
-                break
-            time.sleep(0.1)
-        self._ws = websocket.create_connection(pages[0]["webSocketDebuggerUrl"], timeout=30,
-                                               suppress_origin=True)
+        try:
+            port = self._port()
+            deadline = time.monotonic() + 30
+            while True:
+                with urllib.request.urlopen(f"http://127.0.0.1:{port}/json/list",
+                                            timeout=5) as r:
+                    pages = [t for t in json.load(r) if t.get("type") == "page"]
+                if pages or time.monotonic() > deadline:
+                    break
+                time.sleep(0.1)
+            self._ws = websocket.create_connection(pages[0]["webSocketDebuggerUrl"],
+                                                   timeout=30, suppress_origin=True)
+        except BaseException:
+            # `with` calls __exit__ only after __enter__ returned: a Chromium that did not
+            # come up would otherwise outlive the test, and its pipe, process and profile
+            # surface as unraisable warnings in the next test's setup
+            self.__exit__()
+            raise
         return self
 
     def _port(self) -> int:
