@@ -46,7 +46,7 @@ def main() -> int:
     from lm_eval.api.registry import get_model
     from lm_eval.tasks import TaskManager
 
-    from pytest_disteval.samples import entry_samples, samples_path, write_samples
+    from pytest_disteval.store.samples import entry_samples, samples_path, write_samples
 
     manager = TaskManager(include_path=[str(REPO / "suites" / "tasks")], include_defaults=False)
     lm = get_model("hf").create_from_arg_obj({"pretrained": args.model, "dtype": "float32"},

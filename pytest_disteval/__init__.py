@@ -14,7 +14,7 @@ __all__ = ["DistevalImbalanceWarning", "__version__"]
 def __getattr__(name: str) -> object:
     # lazily: the worker imports this package and needs none of pytest's machinery
     if name == "DistevalImbalanceWarning":
-        from .budgets import DistevalImbalanceWarning
+        from pytest_disteval.items.budgets import DistevalImbalanceWarning
 
         return DistevalImbalanceWarning
     raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -13,8 +13,8 @@ import importlib.util
 from dataclasses import dataclass, field
 from typing import Any
 
-from .executors.forkserver import COMMON_PRELOAD
-from .layout import Layout, LayoutError
+from pytest_disteval.executors.forkserver import COMMON_PRELOAD
+from pytest_disteval.plan.layout import Layout, LayoutError
 
 # model_args keys the layout decides
 LAYOUT_KEYS = frozenset({"tensor_parallel_size", "pipeline_parallel_size", "data_parallel_size",

@@ -11,14 +11,15 @@ from typing import Any
 import pytest
 import yaml
 
-from . import overrides
-from .gates import Score, read_score
-from .gpus import GPU, Lease, make_groups
-from .jobs import EvalJob
-from .planner import granted_gpus
-from .scheduler import JobOutcome, JobScheduler
-from .state import SCHEDULER
-from .suite import parse_suite
+from pytest_disteval.gpu.inventory import GPU, make_groups
+from pytest_disteval.gpu.lease import Lease
+from pytest_disteval.items.thresholds import Score, read_score
+from pytest_disteval.jobs.job import EvalJob
+from pytest_disteval.jobs.scheduler import JobOutcome, JobScheduler
+from pytest_disteval.plan.planner import granted_gpus
+from pytest_disteval.state import SCHEDULER
+from pytest_disteval.suite import overrides
+from pytest_disteval.suite.parse import parse_suite
 
 
 class EvaluationFailed(AssertionError):

@@ -6,12 +6,12 @@ from pathlib import Path
 
 import pytest
 
-from . import settings as settings_mod
-from .items import SuiteFile
-from .scheduler import JobScheduler
-from .session import DistevalSession
-from .state import SCHEDULER, SETTINGS
-from .suite import is_suite
+from pytest_disteval import settings as settings_mod
+from pytest_disteval.items.nodes import SuiteFile
+from pytest_disteval.jobs.scheduler import JobScheduler
+from pytest_disteval.session import DistevalSession
+from pytest_disteval.state import SCHEDULER, SETTINGS
+from pytest_disteval.suite.parse import is_suite
 
 pytest_plugins = ["pytest_disteval.fixtures"]
 
@@ -149,11 +149,11 @@ def pytest_configure(config: pytest.Config) -> None:
     config.stash[SCHEDULER] = JobScheduler(resolved)
     config.pluginmanager.register(DistevalSession(config), "disteval-session")
     if resolved.baseline is not None or resolved.save_baseline is not None:
-        from .baseline import BaselinePlugin
+        from pytest_disteval.regression.baseline import BaselinePlugin
 
         config.pluginmanager.register(BaselinePlugin(config, resolved), "disteval-baseline")
     if config.pluginmanager.hasplugin("xdist"):
-        from .xdist_hooks import XdistHooks
+        from pytest_disteval.xdist_hooks import XdistHooks
 
         config.pluginmanager.register(XdistHooks(), "disteval-xdist")
 
@@ -168,6 +168,6 @@ def pytest_collect_file(file_path: Path, parent: pytest.Collector) -> pytest.Col
 def pytest_xdist_auto_num_workers(config: pytest.Config) -> int | None:
     # -n auto: one xdist worker per group. xdist asks before pytest_configure, so the
     # settings are resolved here on their own; None leaves xdist's default (CPUs)
-    from .planner import groups_available
+    from pytest_disteval.plan.planner import groups_available
 
     return groups_available(settings_mod.resolve(config).gpu)

@@ -9,15 +9,15 @@ from typing import Any
 
 import pytest
 
-from .gpus import NoGPUError
-from .items import DistevalItem, SuiteFile
-from .layout import LayoutError
-from .progress import ProgressLine, enabled
-from .report import SummaryTable, render_jobs
-from .reports import write_reports
-from .runreport import RunRecorder
-from .scheduler import JobScheduler
-from .state import SCHEDULER, SETTINGS
+from pytest_disteval.gpu.inventory import NoGPUError
+from pytest_disteval.items.nodes import DistevalItem, SuiteFile
+from pytest_disteval.jobs.scheduler import JobScheduler
+from pytest_disteval.plan.layout import LayoutError
+from pytest_disteval.report.live import ProgressLine, enabled
+from pytest_disteval.report.run import RunRecorder
+from pytest_disteval.report.terminal import SummaryTable, render_jobs
+from pytest_disteval.report.write import write_reports
+from pytest_disteval.state import SCHEDULER, SETTINGS
 
 
 class DistevalSession:
@@ -89,7 +89,7 @@ class DistevalSession:
 
     def _doctor(self, scheduler: JobScheduler) -> None:
         # --disteval-doctor: every check, printed; the exit status says if one failed
-        from . import doctor
+        from pytest_disteval import preflight as doctor
 
         checks = doctor.Doctor(scheduler).run()
         self.doctor_failed = any(c.status == doctor.FAIL for c in checks)
@@ -102,7 +102,7 @@ class DistevalSession:
 
     def _preflight(self, session: pytest.Session) -> None:
         """The checks a run on GPUs needs, before any worker starts; CPU runs skip them."""
-        from . import doctor
+        from pytest_disteval import preflight as doctor
 
         scheduler = self.config.stash[SCHEDULER]
         try:
@@ -214,7 +214,7 @@ class DistevalSession:
 
 def _executor_lines(scheduler: JobScheduler, groups: list[Any] | None = None) -> list[str]:
     """The Ray placement in the plan: the cluster (groups None), or a job's actors."""
-    from .executors.ray import RayExecutor, RayInventory
+    from pytest_disteval.executors.ray import RayExecutor, RayInventory
 
     executor = scheduler.executor
     if not isinstance(executor, RayExecutor):

@@ -15,10 +15,10 @@ from typing import Any
 
 import pytest
 
-from . import overrides as overrides_mod
-from .executors.local import START_METHODS
-from .planner import GpuOptions
-from .units import parse_duration
+from pytest_disteval.executors.local import START_METHODS
+from pytest_disteval.plan.planner import GpuOptions
+from pytest_disteval.suite import overrides as overrides_mod
+from pytest_disteval.units import parse_duration
 
 DEFAULT_TIMEOUT = "2h"
 
@@ -167,7 +167,7 @@ def _executor_options(config: pytest.Config) -> dict[str, Any]:
                                 f"{', '.join(EXECUTORS)}")
     address, where_address = _pick(config, "ray_address", "disteval_ray_address", "RAY_ADDRESS")
     if executor == "ray":
-        from .executors.ray import INSTALL_HINT, ray_available
+        from pytest_disteval.executors.ray import INSTALL_HINT, ray_available
 
         if not ray_available():
             raise pytest.UsageError(f"{where}: the ray executor needs Ray, which is not "
@@ -270,7 +270,7 @@ def _gpu_options(config: pytest.Config) -> GpuOptions:
         values["gpu_ids"] = tuple(int(p) for p in parts)
     fake = config.getoption("disteval_fake_gpus")
     if fake:
-        from .gpus import FakeInventory
+        from pytest_disteval.gpu.inventory import FakeInventory
 
         try:
             FakeInventory.from_spec(fake)

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from .scheduler import JobScheduler
-from .settings import Settings
+from pytest_disteval.jobs.scheduler import JobScheduler
+from pytest_disteval.settings import Settings
 
 SETTINGS = pytest.StashKey[Settings]()
 SCHEDULER = pytest.StashKey[JobScheduler]()

@@ -9,8 +9,9 @@ from pathlib import Path
 import pytest
 
 from pytest_disteval.backends import BACKENDS
-from pytest_disteval.layout import Layout, LayoutError
-from pytest_disteval.suite import SuiteError, load_suite
+from pytest_disteval.plan.layout import Layout, LayoutError
+from pytest_disteval.suite.model import SuiteError
+from pytest_disteval.suite.parse import load_suite
 
 BASE = {"pretrained": "/models/llama", "dtype": "bfloat16", "gpu_memory_utilization": 0.8}
 

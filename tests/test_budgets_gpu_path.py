@@ -15,8 +15,8 @@ from typing import Any
 
 import pytest
 
-from pytest_disteval import jobrecord
-from pytest_disteval.monitor import GpuSampler
+from pytest_disteval.gpu.monitor import GpuSampler
+from pytest_disteval.jobs import record as jobrecord
 
 from conftest import Demo
 from fakenvml import FakeNvml

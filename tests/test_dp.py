@@ -12,7 +12,8 @@ from pathlib import Path
 
 import pytest
 
-from pytest_disteval.gpus import FakeInventory, LeaseManager
+from pytest_disteval.gpu.inventory import FakeInventory
+from pytest_disteval.gpu.lease import LeaseManager
 
 from conftest import Demo
 from helpers import DP_TASKS, model_block, write_suite

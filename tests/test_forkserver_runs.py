@@ -32,7 +32,7 @@ def test_auto_and_forkserver_fork_hf_and_scoring_workers_on_cpu_and_gpu_alike() 
 
     from pytest_disteval.backends import BACKENDS
     from pytest_disteval.executors.forkserver import COMMON_PRELOAD
-    from pytest_disteval.scheduler import JobScheduler
+    from pytest_disteval.jobs.scheduler import JobScheduler
 
     def preload(start: str, backend: str = "hf", mode: str = "direct") -> object:
         # no plan is passed: where the job runs (CPU or GPU) does not decide it

@@ -7,8 +7,13 @@ from pathlib import Path
 
 import pytest
 
-from pytest_disteval.gates import MissingMetric, check_budget, check_threshold, read_score
-from pytest_disteval.suite import Budget, Loc, Threshold
+from pytest_disteval.items.thresholds import (
+    MissingMetric,
+    check_budget,
+    check_threshold,
+    read_score,
+)
+from pytest_disteval.suite.model import Budget, Loc, Threshold
 from pytest_disteval.units import parse_duration
 
 LOC = Loc(Path("suites/x.yaml"), 7)

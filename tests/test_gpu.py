@@ -11,7 +11,8 @@ from pathlib import Path
 
 import pytest
 
-from pytest_disteval.gpus import LeaseManager, NoGPUError, NvmlInventory
+from pytest_disteval.gpu.inventory import NoGPUError, NvmlInventory
+from pytest_disteval.gpu.lease import LeaseManager
 
 from conftest import ROOT, Demo
 from helpers import write_suite

@@ -12,8 +12,8 @@ from pathlib import Path
 
 import pytest
 
-from pytest_disteval.doctor import EXIT_PREFLIGHT
-from pytest_disteval.gpus import NoGPUError, NvmlInventory
+from pytest_disteval.gpu.inventory import NoGPUError, NvmlInventory
+from pytest_disteval.preflight import EXIT_PREFLIGHT
 
 from conftest import Demo
 from helpers import model_block, write_suite

@@ -12,10 +12,10 @@ from pathlib import Path
 
 import pytest
 
-from pytest_disteval import overrides
-from pytest_disteval.jobs import EvalJob
+from pytest_disteval.jobs.job import EvalJob
 from pytest_disteval.state import SETTINGS
-from pytest_disteval.suite import parse_suite
+from pytest_disteval.suite import overrides
+from pytest_disteval.suite.parse import parse_suite
 
 from conftest import Demo
 from helpers import model_block, write_suite

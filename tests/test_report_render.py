@@ -9,10 +9,11 @@ from typing import Any
 
 import pytest
 
-from pytest_disteval import report_html, report_md
-from pytest_disteval.progress import status
-from pytest_disteval.report import render_jobs
-from pytest_disteval.runreport import SCHEMA_VERSION
+from pytest_disteval.report import html_report as report_html
+from pytest_disteval.report import md_report as report_md
+from pytest_disteval.report.live import status
+from pytest_disteval.report.run import SCHEMA_VERSION
+from pytest_disteval.report.terminal import render_jobs
 
 
 def item(nodeid: str, outcome: str, **props: Any) -> dict[str, Any]:
@@ -67,7 +68,7 @@ def report() -> dict[str, Any]:
 
 def test_contract_report_validates_against_the_schema() -> None:
     jsonschema = pytest.importorskip("jsonschema")
-    from pytest_disteval.report_json import schema
+    from pytest_disteval.report.json_report import schema
 
     jsonschema.Draft202012Validator.check_schema(schema())
     jsonschema.validate(report(), schema())
@@ -121,8 +122,8 @@ def test_progress_status_line() -> None:
 def test_progress_counts_this_sessions_workers(tmp_path: Path) -> None:
     import os
 
-    from pytest_disteval.progress import read_counts
-    from pytest_disteval.progress_counter import ProgressCounter
+    from pytest_disteval.report.live import read_counts
+    from pytest_disteval.worker.progress import ProgressCounter
 
     old = tmp_path / "job-old" / "progress-1.json"
     old.parent.mkdir()
@@ -180,7 +181,7 @@ def test_bars_place_value_bound_and_baseline() -> None:
 
 
 def test_the_job_records_gpu_section_from_two_timelines(tmp_path: Path) -> None:
-    from pytest_disteval.jobrecord import gpu_section
+    from pytest_disteval.jobs.record import gpu_section
 
     timelines = []
     for name, gpus in (("a", {"0": ([10, 30], [1, 5])}), ("b", {"1": ([50, 70], [2, 3])})):

@@ -79,7 +79,7 @@ def run(tmp_path_factory: pytest.TempPathFactory) -> Run:
 def validate(report: dict[str, Any]) -> None:
     import jsonschema
 
-    from pytest_disteval.report_json import schema
+    from pytest_disteval.report.json_report import schema
 
     validator = jsonschema.Draft202012Validator(
         schema(), format_checker=jsonschema.Draft202012Validator.FORMAT_CHECKER)
@@ -190,7 +190,7 @@ def _with_gpu_timeline(report: dict[str, Any], where: Path) -> dict[str, Any]:
 @pytest.mark.skipif(find_chromium() is None, reason="needs Chromium (apt-get install chromium)")
 def test_html_report_in_a_headless_browser(run: Run, tmp_path: Path) -> None:
     pytest.importorskip("websocket", reason="needs websocket-client to drive Chromium")
-    from pytest_disteval import report_html
+    from pytest_disteval.report import html_report as report_html
 
     report = json.loads(run.json_path.read_text(encoding="utf-8"))
     gpu_page = tmp_path / "gpu.html"

@@ -1,4 +1,4 @@
-"""Request sharding (pytest_disteval.sharding): dp-independent scores, resume, balance.
+"""Request sharding (pytest_disteval.worker.sharding): dp-independent scores, resume, balance.
 
 The slow tests run real lm-eval on the untrained demo model (its scores are not
 all 1.0, so they tell layouts apart) in worker subprocesses, one torch thread
@@ -21,7 +21,7 @@ from typing import Any
 
 import pytest
 
-from pytest_disteval.sharding import (
+from pytest_disteval.worker.sharding import (
     MissingResponses,
     ReplayLM,
     ResponseStore,
@@ -364,7 +364,7 @@ def test_assign_shards_keeps_a_context_with_its_continuations() -> None:
 
 
 def test_assign_shards_generate_cost_counts_max_gen_toks() -> None:
-    from pytest_disteval.sharding import token_cost
+    from pytest_disteval.worker.sharding import token_cost
 
     cost = token_cost(object(), "generate_until")  # no tokenizer: characters / 4
     assert cost(Req("x" * 40, {"until": ["\n"], "max_gen_toks": 8})) == 10 + 8
@@ -461,7 +461,7 @@ def test_store_round_trips_responses_exactly(tmp_path: Path) -> None:
 ])
 def test_worker_refuses_a_bad_mode_spec(tmp_path: Path, extra: dict[str, Any],
                                         message: str) -> None:
-    from pytest_disteval.worker import EXIT_BAD_REQUEST, main
+    from pytest_disteval.worker.main import EXIT_BAD_REQUEST, main
 
     spec = json.loads(write_spec(tmp_path, "bad", "direct").read_text())
     spec.update(extra)

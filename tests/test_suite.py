@@ -11,7 +11,8 @@ import jsonschema
 import pytest
 import yaml
 
-from pytest_disteval.suite import SCHEMA_PATH, SuiteError, is_suite, load_suite
+from pytest_disteval.suite.model import SuiteError
+from pytest_disteval.suite.parse import SCHEMA_PATH, is_suite, load_suite
 
 ROOT = Path(__file__).resolve().parent.parent
 

@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
-from .local import WorkerRun
+from pytest_disteval.executors.local import WorkerRun
 
 
 @dataclass

@@ -51,7 +51,7 @@ PER_WORKER_PREFIXES = ("DISTEVAL_", "PYTEST_")
 
 # the modules every worker imports (the scoring worker needs no more)
 COMMON_PRELOAD = ("lm_eval", "lm_eval.api.registry", "lm_eval.tasks", "lm_eval.evaluator",
-                  "pytest_disteval.worker", "pytest_disteval.sharding")
+                  "pytest_disteval.worker.main", "pytest_disteval.worker.sharding")
 
 READY_TIMEOUT_S = 600.0  # an import that takes longer is a broken server: subprocesses
 REPLY_TIMEOUT_S = 60.0  # a fork is milliseconds; no answer means the server is gone
@@ -183,7 +183,7 @@ def _child(request: dict[str, Any], channel: IO[str]) -> None:
         if torch is not None and threads.isdigit() and int(threads) > 0:
             # torch read OMP_NUM_THREADS when the server imported it
             torch.set_num_threads(int(threads))
-        from pytest_disteval import worker
+        from pytest_disteval.worker import main as worker
 
         sys.argv = [worker.__file__, *request["args"]]
         # as CUDA will read it (getenv in C, not os.environ): the group this worker sees

@@ -20,10 +20,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from .forkserver import ForkServer, proc_stat
+from pytest_disteval.executors.forkserver import ForkServer, proc_stat
 
 if TYPE_CHECKING:
-    from .base import WorkerTask
+    from pytest_disteval.executors.base import WorkerTask
 
 WORKER_MODULE = "pytest_disteval.worker"
 # auto (the default) and forkserver: forked wherever the backend allows, CPU and GPU;

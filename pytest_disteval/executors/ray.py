@@ -27,11 +27,11 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-from ..gpus import GPU, NoGPUError
-from ..store import write_json_atomic
-from .base import WorkerTask
-from .local import WorkerRun, kill_all
-from .ray_actor import read_rows, write_rows
+from pytest_disteval.executors.base import WorkerTask
+from pytest_disteval.executors.local import WorkerRun, kill_all
+from pytest_disteval.executors.ray_actor import read_rows, write_rows
+from pytest_disteval.gpu.inventory import GPU, NoGPUError
+from pytest_disteval.store.results import write_json_atomic
 
 INSTALL_HINT = "pip install 'pytest-disteval[ray]'"
 NAMESPACE = "disteval"
@@ -103,7 +103,7 @@ def _nodes(ray: Any) -> list[dict[str, Any]]:
 
 def _host_gpu_memory() -> int:
     try:
-        from ..gpus import NvmlInventory
+        from pytest_disteval.gpu.inventory import NvmlInventory
 
         gpus = NvmlInventory().gpus()
     except Exception:  # no driver, no GPU: unknown
@@ -172,7 +172,7 @@ class RayExecutor:
                     f"--ray-address or RAY_ADDRESS): {exc}; is `ray start --head` running "
                     "there, and is this host's Ray version the cluster's?")
                 raise self._connect_error from exc
-            from .ray_actor import GroupActor
+            from pytest_disteval.executors.ray_actor import GroupActor
 
             self._actor_class = ray.remote(GroupActor)
             self._ray = ray

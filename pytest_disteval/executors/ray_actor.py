@@ -33,7 +33,7 @@ from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
-from ..monitor import cuda_visible_sampler
+from pytest_disteval.gpu.monitor import cuda_visible_sampler
 
 # the schema of sharding.ResponseStore (that module imports lm-eval): rows are copied
 # as stored, the response as its JSON text

@@ -15,12 +15,15 @@ from typing import Any
 
 import pytest
 
-from pytest_disteval import DistevalImbalanceWarning, budgets, jobrecord
-from pytest_disteval.counting import RequestCounter, leaf_map
-from pytest_disteval.gpus import GPU
-from pytest_disteval.layout import Layout
-from pytest_disteval.monitor import GpuSampler
-from pytest_disteval.suite import SCHEMA_PATH, SuiteError, parse_suite
+from pytest_disteval import DistevalImbalanceWarning
+from pytest_disteval.gpu.inventory import GPU
+from pytest_disteval.gpu.monitor import GpuSampler
+from pytest_disteval.items import budgets
+from pytest_disteval.jobs import record as jobrecord
+from pytest_disteval.plan.layout import Layout
+from pytest_disteval.suite.model import SuiteError
+from pytest_disteval.suite.parse import SCHEMA_PATH, parse_suite
+from pytest_disteval.worker.counting import RequestCounter, leaf_map
 
 from fakenvml import FakeNvml
 

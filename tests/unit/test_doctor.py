@@ -1,4 +1,4 @@
-"""Preflight checks (pytest_disteval.doctor) against a fake NVML, fake disks and probes.
+"""Preflight checks (pytest_disteval.preflight) against a fake NVML, fake disks and probes.
 
 The real NvmlInventory code runs against a stand-in for the pynvml module (as in
 test_gpus.py); only what cannot exist here (GPUs, a driver, NCCL) is faked.
@@ -14,13 +14,13 @@ from typing import Any
 import pytest
 from test_gpus import FakeNvml
 
-from pytest_disteval import doctor
-from pytest_disteval.doctor import FAIL, PASS, WARN, Check, Doctor, probe_torch
-from pytest_disteval.jobs import EvalJob
-from pytest_disteval.planner import GpuOptions
-from pytest_disteval.scheduler import JobScheduler
+from pytest_disteval import preflight as doctor
+from pytest_disteval.jobs.job import EvalJob
+from pytest_disteval.jobs.scheduler import JobScheduler
+from pytest_disteval.plan.planner import GpuOptions
+from pytest_disteval.preflight import FAIL, PASS, WARN, Check, Doctor, probe_torch
 from pytest_disteval.settings import Settings
-from pytest_disteval.suite import parse_suite
+from pytest_disteval.suite.parse import parse_suite
 
 ROOT = Path(__file__).resolve().parents[2]
 GiB = 2**30

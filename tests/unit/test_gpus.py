@@ -1,4 +1,4 @@
-"""Inventory, CUDA_VISIBLE_DEVICES, groups and cross-process leases (pytest_disteval.gpus)."""
+"""Inventory, CUDA_VISIBLE_DEVICES, groups and cross-process leases (pytest_disteval.gpu)."""
 
 from __future__ import annotations
 
@@ -15,19 +15,17 @@ from typing import Any
 
 import pytest
 
-from pytest_disteval.gpus import (
+from pytest_disteval.gpu.inventory import (
     GPU,
     FakeInventory,
     Inventory,
-    LeaseError,
-    LeaseManager,
-    LeaseTimeout,
     NoGPUError,
     NvmlInventory,
     make_groups,
     parse_size,
     select_visible,
 )
+from pytest_disteval.gpu.lease import LeaseError, LeaseManager, LeaseTimeout
 
 REPO = Path(__file__).resolve().parents[2]
 GiB = 2**30
@@ -419,7 +417,8 @@ def test_acquire_any_takes_first_free_group(manager: LeaseManager, gpus: list[GP
 CHILD = r"""
 import json, sys, time
 from pathlib import Path
-from pytest_disteval.gpus import GPU, LeaseManager
+from pytest_disteval.gpu.inventory import GPU
+from pytest_disteval.gpu.lease import LeaseManager
 
 mode, lock_dir, spec = sys.argv[1], Path(sys.argv[2]), json.loads(sys.argv[3])
 manager = LeaseManager(lock_dir, poll_interval=0.002)

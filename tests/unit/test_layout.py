@@ -1,4 +1,4 @@
-"""tp/pp/dp planning, parameter counting and the memory estimate (pytest_disteval.layout)."""
+"""tp/pp/dp planning, parameter counting and the memory estimate (pytest_disteval.plan)."""
 
 from __future__ import annotations
 
@@ -9,14 +9,12 @@ from typing import Any
 
 import pytest
 
-from pytest_disteval.layout import (
-    Layout,
-    LayoutError,
+from pytest_disteval.plan.layout import Layout, LayoutError, plan_layout
+from pytest_disteval.plan.sizing import (
     bytes_per_param,
     count_parameters,
     estimate_memory,
     estimate_parameters,
-    plan_layout,
     read_attention_heads,
 )
 
@@ -302,7 +300,7 @@ def test_count_errors_name_the_path(tmp_path: Path) -> None:
 
 def test_local_model_dir_follows_the_revision(tmp_path: Path,
                                               monkeypatch: pytest.MonkeyPatch) -> None:
-    from pytest_disteval.layout import local_model_dir
+    from pytest_disteval.plan.sizing import local_model_dir
 
     repo = tmp_path / "models--org--m"
     for name, commit in (("main", "aaa"), ("v2", "bbb")):

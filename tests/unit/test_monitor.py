@@ -11,8 +11,8 @@ from typing import Any
 
 import pytest
 
-from pytest_disteval import jobrecord
-from pytest_disteval.monitor import GpuSampler, cuda_visible_sampler
+from pytest_disteval.gpu.monitor import GpuSampler, cuda_visible_sampler
+from pytest_disteval.jobs import record as jobrecord
 
 from fakenvml import FakeNvml as NodeNvml
 

@@ -5,9 +5,9 @@ from __future__ import annotations
 import pytest
 
 from pytest_disteval.executors.ray import RayExecutor, RayInventory
-from pytest_disteval.gpus import make_groups
-from pytest_disteval.layout import LayoutError
-from pytest_disteval.planner import _check_ray_groups
+from pytest_disteval.gpu.inventory import make_groups
+from pytest_disteval.plan.layout import LayoutError
+from pytest_disteval.plan.planner import _check_ray_groups
 
 
 def two_nodes() -> RayInventory:

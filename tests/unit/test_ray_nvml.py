@@ -15,10 +15,10 @@ from typing import Any
 
 import pytest
 
-from pytest_disteval import jobrecord
 from pytest_disteval.executors.base import WorkerTask
 from pytest_disteval.executors.ray import RayExecutor, RayInventory
 from pytest_disteval.executors.ray_actor import GroupActor
+from pytest_disteval.jobs import record as jobrecord
 
 from fakenvml import FakeNvml
 

@@ -6,7 +6,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-from pytest_disteval.samples import (
+from pytest_disteval.store.samples import (
     HASH_CHARS,
     TEXT_CHARS,
     compact,

@@ -8,10 +8,10 @@ from typing import Any
 
 import pytest
 
-from pytest_disteval import stats
-from pytest_disteval.gates import Score
-from pytest_disteval.regression import compare
-from pytest_disteval.suite import Tolerance
+from pytest_disteval.items.thresholds import Score
+from pytest_disteval.regression import stats
+from pytest_disteval.regression.items import compare
+from pytest_disteval.suite.model import Tolerance
 
 N = 200
 

@@ -1,0 +1,1 @@
+"""GPUs: inventory (NVML or fake), groups, cross-process leases, NVML sampling."""

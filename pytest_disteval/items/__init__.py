@@ -1,0 +1,1 @@
+"""Collection nodes and what they judge: threshold and budget items."""

@@ -1,0 +1,1 @@
+"""Jobs: what runs once per session (EvalJob), the scheduler that runs it, and its record."""

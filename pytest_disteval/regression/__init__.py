@@ -1,0 +1,1 @@
+"""Regression against a saved baseline: the baseline file, statistical tests, regression items."""

@@ -1,0 +1,1 @@
+"""Reports of a session: the run record, terminal tables, JSON, markdown, HTML, live progress."""

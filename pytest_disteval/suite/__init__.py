@@ -1,0 +1,1 @@
+"""The suite: YAML files parsed into dataclasses, local task indexes, run-wide overrides."""

@@ -1,0 +1,178 @@
+"""Index of the lm-eval task YAMLs found under a suite's include paths.
+
+Collection must not import lm-eval, yet it has to know which metrics a local
+task produces (to reject a threshold on a metric that will never exist) and
+which files decide its scores (for the cache key). lm-eval's YAML is read here
+with the few rules that matter for that: ``include:`` inheritance, default
+metrics per output type, and filter names that become ``metric,filter`` keys.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from pytest_disteval.suite import yamlpos
+
+# lm_eval.api.registry.DEFAULT_METRIC_REGISTRY, copied so collection stays import-free
+DEFAULT_METRICS: dict[str, tuple[str, ...]] = {
+    "loglikelihood": ("perplexity", "acc"),
+    "loglikelihood_rolling": ("word_perplexity", "byte_perplexity", "bits_per_byte"),
+    "multiple_choice": ("acc", "acc_norm"),
+    "generate_until": ("exact_match",),
+}
+# metrics whose smaller values are better (lm-eval's `higher_is_better: false` defaults)
+LOWER_IS_BETTER = frozenset(
+    {"perplexity", "word_perplexity", "byte_perplexity", "bits_per_byte", "ter"}
+)
+
+_NAME_RE = re.compile(r"^(task|group):[ \t]*['\"]?([^'\"\n#\[]+?)['\"]?[ \t]*(?:#.*)?$", re.M)
+
+
+@dataclass
+class LocalTask:
+    """What collection knows of one task or group defined in a local YAML."""
+
+    name: str
+    path: Path
+    kind: str  # "task" or "group"
+    config: dict[str, Any]
+    subtasks: list[str] = field(default_factory=list)
+    chain: list[Path] = field(default_factory=list)  # this YAML and the ones it includes
+
+    @property
+    def output_type(self) -> str | None:
+        value = self.config.get("output_type")
+        return value if isinstance(value, str) else None
+
+    def metric_keys(self) -> dict[str, bool]:
+        """Map ``metric,filter`` -> higher_is_better for the metrics this task reports."""
+        if self.kind == "group":
+            keys: dict[str, bool] = {}
+            for entry in self.config.get("aggregate_metric_list") or []:
+                if not isinstance(entry, dict) or "metric" not in entry:
+                    continue
+                for flt in entry.get("filter_list") or ["none"]:
+                    keys[f"{entry['metric']},{flt}"] = _higher(entry["metric"], entry)
+            return keys
+        metrics: list[tuple[str, bool]] = []
+        metric_list = self.config.get("metric_list")
+        if isinstance(metric_list, list):
+            for entry in metric_list:
+                if isinstance(entry, dict) and "metric" in entry:
+                    metrics.append((str(entry["metric"]), _higher(str(entry["metric"]), entry)))
+        else:
+            for name in DEFAULT_METRICS.get(self.output_type or "", ()):
+                metrics.append((name, name not in LOWER_IS_BETTER))
+        filters = ["none"]
+        filter_list = self.config.get("filter_list")
+        if isinstance(filter_list, list) and filter_list:
+            filters = [str(f.get("name", "none")) for f in filter_list if isinstance(f, dict)]
+        return {f"{m},{flt}": hib for m, hib in metrics for flt in filters}
+
+    def data_files(self) -> list[str]:
+        """Local data files named by ``dataset_kwargs.data_files`` (as written)."""
+        kwargs = self.config.get("dataset_kwargs")
+        if not isinstance(kwargs, dict):
+            return []
+        spec = kwargs.get("data_files")
+        out: list[str] = []
+        _flatten_paths(spec, out)
+        return out
+
+    def dataset_path(self) -> str | None:
+        value = self.config.get("dataset_path")
+        return value if isinstance(value, str) else None
+
+
+def _higher(metric: str, entry: dict[str, Any]) -> bool:
+    value = entry.get("higher_is_better")
+    if isinstance(value, bool):
+        return value
+    return metric not in LOWER_IS_BETTER
+
+
+def _flatten_paths(spec: Any, out: list[str]) -> None:
+    if isinstance(spec, str):
+        out.append(spec)
+    elif isinstance(spec, list):
+        for item in spec:
+            _flatten_paths(item, out)
+    elif isinstance(spec, dict):
+        for item in spec.values():
+            _flatten_paths(item, out)
+
+
+class TaskIndex:
+    """Task and group names under include paths -> the YAML file that defines them.
+
+    Names are found with a line regex (cheap for thousands of files); a file is
+    parsed in full only when one of its tasks is used.
+    """
+
+    def __init__(self, include_paths: list[Path]) -> None:
+        self.include_paths = include_paths
+        self._files: dict[str, Path] = {}
+        self._parsed: dict[str, LocalTask] = {}
+        for root in include_paths:
+            for path in sorted(root.rglob("*.yaml")) + sorted(root.rglob("*.yml")):
+                try:
+                    text = path.read_text(encoding="utf-8")
+                except (OSError, UnicodeDecodeError):
+                    continue
+                for match in _NAME_RE.finditer(text):
+                    # first definition wins, as in lm-eval's TaskManager
+                    self._files.setdefault(match.group(2).strip(), path)
+
+    def names(self) -> list[str]:
+        return sorted(self._files)
+
+    def __contains__(self, name: str) -> bool:
+        return name in self._files
+
+    def files(self) -> list[Path]:
+        """Every YAML and Python file under the include paths (they may include each other)."""
+        found: list[Path] = []
+        for root in self.include_paths:
+            found.extend(p for p in root.rglob("*") if p.suffix in {".yaml", ".yml", ".py"})
+        return sorted(set(found))
+
+    def get(self, name: str) -> LocalTask | None:
+        if name in self._parsed:
+            return self._parsed[name]
+        path = self._files.get(name)
+        if path is None:
+            return None
+        chain: list[Path] = []
+        config = _load_with_includes(path, chain)
+        if isinstance(config.get("group"), str) and config.get("group") == name:
+            raw = config.get("task") or []
+            subtasks = [
+                t if isinstance(t, str) else str(t.get("task", "")) if isinstance(t, dict) else ""
+                for t in (raw if isinstance(raw, list) else [raw])
+            ]
+            task = LocalTask(name, path, "group", config, [s for s in subtasks if s], chain)
+        else:
+            task = LocalTask(name, path, "task", config, chain=chain)
+        self._parsed[name] = task
+        return task
+
+
+def _load_with_includes(path: Path, seen: list[Path]) -> dict[str, Any]:
+    if path in seen:
+        raise ValueError(f"{path}: include cycle")
+    seen.append(path)
+    data = yamlpos.load_file(path)
+    if not isinstance(data, dict):
+        return {}
+    base: dict[str, Any] = {}
+    include = data.get("include")
+    if isinstance(include, str):
+        inc_path = (path.parent / include).resolve()
+        if inc_path.exists():
+            base = _load_with_includes(inc_path, seen)
+    merged = dict(base)
+    merged.update({k: v for k, v in data.items() if k != "include"})
+    return merged

@@ -1,0 +1,132 @@
+"""A suite's parts as dataclasses: models, task entries, thresholds, budgets, tolerances."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from pytest_disteval.suite.localtasks import LocalTask, TaskIndex
+
+FORMAT_VERSION = 1
+BACKENDS = ("hf", "vllm", "sglang", "nemo_lm")
+# the model_args key naming the weights, as lm-eval's model classes take it
+MODEL_KEY = {"hf": "pretrained", "vllm": "pretrained", "sglang": "pretrained", "nemo_lm": "path"}
+
+
+@dataclass(frozen=True)
+class Loc:
+    path: Path
+    line: int
+
+    def __str__(self) -> str:
+        return f"{self.path}:{self.line}"
+
+
+class SuiteError(ValueError):
+    """One or more problems in one suite file; ``str()`` lists them all."""
+
+    def __init__(self, path: Path, problems: list[tuple[int, str, str]]) -> None:
+        self.path = path
+        self.problems = problems  # (line, key path, message)
+        lines = [f"{path}:{line}: {key}: {msg}" if key else f"{path}:{line}: {msg}"
+                 for line, key, msg in problems]
+        super().__init__("\n".join(lines))
+
+
+@dataclass(frozen=True)
+class Threshold:
+    metric: str  # lm-eval's key, "acc,none" or "exact_match,strict-match"
+    written: str  # as the user wrote it ("acc")
+    min: float | None
+    max: float | None
+    tolerance: float  # in units of the metric's stderr
+    direction_given: bool  # min/max written explicitly (else from higher_is_better)
+    loc: Loc
+
+    @property
+    def metric_name(self) -> str:
+        return self.metric.split(",", 1)[0]
+
+    @property
+    def filter(self) -> str:
+        return self.metric.split(",", 1)[1]
+
+
+@dataclass(frozen=True)
+class Tolerance:
+    """A change toward worse that never fails a regression item (``regression:`` keys)."""
+
+    abs: float = 0.0  # in the metric's units
+    rel: float = 0.0  # a fraction of the baseline's score
+    loc: Loc | None = None  # where it was written; None: nowhere (no tolerance)
+
+    def allowed(self, baseline: float) -> float:
+        # either one suffices: the more lenient of the two
+        return max(self.abs, self.rel * abs(baseline))
+
+
+@dataclass(frozen=True)
+class Budget:
+    kind: str  # a key of budgets.KINDS
+    limit: float  # seconds, per second, bytes or percent (budgets.KINDS[kind].unit)
+    written: str
+    loc: Loc
+
+
+@dataclass
+class TaskEntry:
+    name: str  # node name; defaults to the task
+    task: str  # lm-eval task or group name
+    num_fewshot: int | None
+    limit: int | float | None
+    fewshot_seed: int
+    thresholds: list[Threshold]
+    marks: list[str]
+    loc: Loc
+    local: LocalTask | None = None
+    budgets: list[Budget] = field(default_factory=list)  # the entry's own (task_time)
+    # metric -> tolerance of its regression item, besides the thresholds' metrics;
+    # None: ``regression: false``, no regression items for this entry
+    regression: dict[str, Tolerance] | None = field(default_factory=dict)
+    regression_default: Tolerance = Tolerance()
+
+    def settings(self) -> dict[str, Any]:
+        """What lm-eval must be told, besides the task, to reproduce this entry's score."""
+        return {"num_fewshot": self.num_fewshot, "limit": self.limit,
+                "fewshot_seed": self.fewshot_seed}
+
+
+@dataclass
+class ModelSpec:
+    name: str
+    backend: str
+    model_args: dict[str, Any]
+    batch_size: int | str
+    device: str | None
+    gen_kwargs: dict[str, Any] | None
+    tasks: list[TaskEntry]
+    budgets: list[Budget]
+    marks: list[str]
+    timeout: float | None
+    loc: Loc
+    tp: int | str | None = None  # an int or "auto"; None: from the command line or 1
+    pp: int | None = None
+    dp: int | None = None
+    required: bool = False  # fail, rather than skip, when the backend is not installed
+
+    @property
+    def weights(self) -> str:
+        """The model's path or id (``pretrained``, or ``path`` for nemo_lm)."""
+        return str(self.model_args[MODEL_KEY[self.backend]])
+
+
+@dataclass
+class Suite:
+    path: Path
+    name: str
+    include_paths: list[Path]
+    workdir: Path
+    models: list[ModelSpec]
+    marks: list[str] = field(default_factory=list)
+    task_index: TaskIndex | None = None

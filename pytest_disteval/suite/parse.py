@@ -1,0 +1,538 @@
+"""Suite files -> validated dataclasses, every error with ``file:line`` and key.
+
+A YAML file is a suite when its top level has the key ``disteval`` (the format
+version). Everything else in a repository (CI configs, lm-eval task YAMLs) is
+left alone: ``is_suite`` decides that from the text, without parsing it.
+
+The accepted keys are listed once, in ``suite.schema.json`` beside this module;
+the validator reads them from there so the schema editors use and the rules
+enforced here cannot drift apart.
+"""
+
+from __future__ import annotations
+
+import difflib
+import json
+import math
+import re
+from functools import cache
+from pathlib import Path
+from typing import Any
+
+from pytest_disteval.items.budgets import KINDS as BUDGET_SPECS
+from pytest_disteval.items.budgets import parse_limit
+from pytest_disteval.suite import yamlpos
+from pytest_disteval.suite.localtasks import LocalTask, TaskIndex
+from pytest_disteval.suite.model import (
+    BACKENDS,
+    FORMAT_VERSION,
+    MODEL_KEY,
+    Budget,
+    Loc,
+    ModelSpec,
+    Suite,
+    SuiteError,
+    TaskEntry,
+    Threshold,
+    Tolerance,
+)
+from pytest_disteval.units import parse_duration
+
+SCHEMA_PATH = Path(__file__).with_name("suite.schema.json")
+
+_SUITE_MARKER = re.compile(r"^disteval[ \t]*:", re.M)
+_NAME_OK = re.compile(r"^[A-Za-z0-9_.+-]+$")
+
+
+def is_suite(path: Path) -> bool:
+    """True when ``path`` is a YAML file with a top-level ``disteval:`` key."""
+    if path.suffix not in {".yaml", ".yml"}:
+        return False
+    try:
+        with path.open("r", encoding="utf-8", errors="replace") as handle:
+            return bool(_SUITE_MARKER.search(handle.read(1 << 16)))
+    except OSError:
+        return False
+
+
+@cache
+def schema() -> dict[str, Any]:
+    return json.loads(SCHEMA_PATH.read_text(encoding="utf-8"))  # type: ignore[no-any-return]
+
+
+def _keys(definition: str) -> tuple[str, ...]:
+    node = schema() if definition == "suite" else schema()["$defs"][definition]
+    return tuple(node["properties"])
+
+
+
+
+
+
+
+
+
+
+
+
+
+
+
+
+
+
+class _Problems:
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.items: list[tuple[int, str, str]] = []
+
+    def add(self, line: int, key: str, message: str) -> None:
+        if (line, key, message) not in self.items:  # defaults are read once per entry
+            self.items.append((line, key, message))
+
+    def unknown_keys(self, mapping: yamlpos.PosDict, allowed: tuple[str, ...], where: str) -> None:
+        for key in mapping:
+            if key not in allowed:
+                hint = difflib.get_close_matches(str(key), allowed, n=1)
+                did = f" (did you mean {hint[0]!r}?)" if hint else ""
+                self.add(mapping.line_of(key), f"{where}{key}",
+                         f"unknown key{did}; valid keys here: {', '.join(allowed)}")
+
+
+def _line(container: Any, key: Any, default: int) -> int:
+    if isinstance(container, yamlpos.PosDict | yamlpos.PosList):
+        return container.line_of(key)
+    return default
+
+
+def load_suite(path: Path, root: Path | None = None) -> Suite:
+    """Parse and validate one suite file; raise SuiteError listing every problem."""
+    return parse_suite(path.read_text(encoding="utf-8"), path, root)
+
+
+def parse_suite(text: str, path: Path, root: Path | None = None, *,
+                require_thresholds: bool = True) -> Suite:
+    """Validate suite ``text`` as if read from ``path`` (relative paths resolve beside it).
+
+    ``require_thresholds=False`` is for the Python API, whose tests assert themselves.
+    """
+    shown = _display_path(path, root)
+    try:
+        data = yamlpos.load(text, path)
+    except yamlpos.YamlSyntaxError as exc:
+        raise SuiteError(shown, [(exc.line, "", str(exc).split(": ", 1)[1])]) from None
+    problems = _Problems(shown)
+    if not isinstance(data, yamlpos.PosDict):
+        raise SuiteError(shown, [(1, "", "a suite is a mapping with keys 'disteval' and 'models'")])
+    problems.unknown_keys(data, _keys("suite"), "")
+    version = data.get("disteval")
+    if version != FORMAT_VERSION:
+        problems.add(data.line_of("disteval"), "disteval",
+                     f"format version {version!r} is not supported; write 'disteval: 1'")
+    suite_dir = path.parent.resolve()
+
+    include_paths: list[Path] = []
+    raw_include = data.get("include", [])
+    include_list = [raw_include] if isinstance(raw_include, str) else raw_include
+    if not isinstance(include_list, list) or not all(isinstance(p, str) for p in include_list):
+        problems.add(data.line_of("include"), "include",
+                     "must be a directory path or a list of them, relative to the suite file")
+        include_list = []
+    for i, rel in enumerate(include_list):
+        inc = (suite_dir / rel).resolve()
+        if not inc.is_dir():
+            problems.add(_line(include_list, i, data.line_of("include")), f"include[{i}]",
+                         f"directory {rel!r} does not exist (looked for {inc})")
+        else:
+            include_paths.append(inc)
+
+    workdir = suite_dir
+    if "workdir" in data:
+        if not isinstance(data["workdir"], str) or not (suite_dir / data["workdir"]).is_dir():
+            problems.add(data.line_of("workdir"), "workdir",
+                         f"must be an existing directory relative to the suite file, "
+                         f"got {data['workdir']!r}")
+        else:
+            workdir = (suite_dir / data["workdir"]).resolve()
+
+    index = TaskIndex(include_paths)
+    defaults = data.get("defaults", yamlpos.PosDict())
+    if not isinstance(defaults, yamlpos.PosDict):
+        problems.add(data.line_of("defaults"), "defaults", "must be a mapping")
+        defaults = yamlpos.PosDict()
+        defaults.key_lines = {}
+    else:
+        problems.unknown_keys(defaults, _keys("defaults"), "defaults.")
+
+    suite_marks = _marks(data, "marks", "", problems)
+    shared_tasks = data.get("tasks", [])
+    if not isinstance(shared_tasks, list):
+        problems.add(data.line_of("tasks"), "tasks", "must be a list of task entries")
+        shared_tasks = []
+
+    models: list[ModelSpec] = []
+    raw_models = data.get("models")
+    if not isinstance(raw_models, list) or not raw_models:
+        problems.add(data.line_of("models"), "models",
+                     "required: a non-empty list of models (each with 'backend' and 'model_args')")
+        raw_models = []
+    seen_models: set[str] = set()
+    for i, raw in enumerate(raw_models):
+        where = f"models[{i}]"
+        line = _line(raw_models, i, data.line_of("models"))
+        if not isinstance(raw, yamlpos.PosDict):
+            problems.add(line, where, "must be a mapping with 'backend' and 'model_args'")
+            continue
+        model = _model(raw, where, suite_dir, problems)
+        if model is None:
+            continue
+        if model.name in seen_models:
+            problems.add(raw.line_of("name"), f"{where}.name",
+                         f"model name {model.name!r} is used twice in this suite; "
+                         "give each model a distinct 'name'")
+        seen_models.add(model.name)
+        entries: dict[str, TaskEntry] = {}
+        own: set[str] = set()
+        for src, src_where in ((shared_tasks, "tasks"), (raw.get("tasks", []), f"{where}.tasks")):
+            if not isinstance(src, list):
+                problems.add(raw.line_of("tasks"), f"{where}.tasks",
+                             "must be a list of task entries")
+                continue
+            for j, raw_task in enumerate(src):
+                entry = _task(raw_task, f"{src_where}[{j}]", _line(src, j, line), defaults,
+                              index, shown, problems, require_thresholds)
+                if entry is None:
+                    continue
+                if entry.name in entries and (src_where == "tasks" or entry.name in own):
+                    problems.add(entry.loc.line, f"{src_where}[{j}].name",
+                                 f"task entry name {entry.name!r} is used twice; "
+                                 "give one of them a distinct 'name' (e.g. arith_mc-3shot)")
+                if src_where != "tasks":
+                    own.add(entry.name)
+                # a model's own entry replaces the suite-wide entry of the same name
+                entries[entry.name] = entry
+        model.tasks = list(entries.values())
+        if not model.tasks and not model.budgets:
+            problems.add(line, where, "has no tasks and no budgets: nothing would be tested")
+        models.append(model)
+
+    if problems.items:
+        raise SuiteError(shown, sorted(problems.items))
+    raw_name = data.get("name", path.stem)
+    if not isinstance(raw_name, str) or not _NAME_OK.match(raw_name):
+        raise SuiteError(shown, [(data.line_of("name"), "name",
+                                  f"{raw_name!r} is not a valid suite name: use letters, "
+                                  "digits and . _ + -")])
+    name = raw_name
+    return Suite(shown, name, include_paths, workdir, models, suite_marks, index)
+
+
+def _display_path(path: Path, root: Path | None) -> Path:
+    if root is not None:
+        try:
+            return path.resolve().relative_to(root.resolve())
+        except ValueError:
+            pass
+    return path
+
+
+def _optional_mapping(raw: yamlpos.PosDict, key: str, where: str, example: str,
+                      problems: _Problems) -> yamlpos.PosDict | None:
+    """``raw[key]`` when it is a mapping; None when absent or (reported) not a mapping."""
+    value = raw.get(key)
+    if value is None or isinstance(value, yamlpos.PosDict):
+        return value
+    problems.add(raw.line_of(key), f"{where}.{key}", f"must be a mapping, e.g. {example}")
+    return None
+
+
+def _marks(raw: yamlpos.PosDict, key: str, where: str, problems: _Problems) -> list[str]:
+    value = raw.get(key, [])
+    if isinstance(value, str):
+        value = [value]
+    if not isinstance(value, list) or not all(
+        isinstance(m, str) and m.isidentifier() for m in value
+    ):
+        problems.add(raw.line_of(key), f"{where}{key}",
+                     "must be a list of pytest marker names (identifiers), e.g. [slow, nightly]")
+        return []
+    return list(value)
+
+
+def _model(raw: yamlpos.PosDict, where: str, suite_dir: Path,
+           problems: _Problems) -> ModelSpec | None:
+    problems.unknown_keys(raw, _keys("model"), f"{where}.")
+    backend = raw.get("backend")
+    if backend not in BACKENDS:
+        hint = difflib.get_close_matches(str(backend), BACKENDS, n=1)
+        did = f" (did you mean {hint[0]!r}?)" if hint else ""
+        problems.add(raw.line_of("backend"), f"{where}.backend",
+                     f"{'required' if backend is None else repr(backend) + ' is not a backend'}"
+                     f"{did}; valid: {', '.join(BACKENDS)}")
+        return None
+    model_args = raw.get("model_args")
+    weights = MODEL_KEY[str(backend)]
+    if not isinstance(model_args, yamlpos.PosDict) or not model_args.get(weights):
+        problems.add(raw.line_of("model_args"), f"{where}.model_args",
+                     f"required: a mapping with at least {weights!r} (a local path or a "
+                     "model id)")
+        return None
+    args = dict(model_args)
+    for key in (weights, "tokenizer", "peft"):
+        # paths in a suite are relative to the suite file, not to where pytest runs
+        value = args.get(key)
+        if isinstance(value, str) and (suite_dir / value).exists():
+            args[key] = str((suite_dir / value).resolve())
+        elif isinstance(value, str) and value.startswith((".", "/")):
+            problems.add(model_args.line_of(key), f"{where}.model_args.{key}",
+                         f"path {value!r} does not exist "
+                         f"(looked for {(suite_dir / value).resolve()})")
+    name = raw.get("name")
+    if name is None:
+        name = Path(str(args[weights])).name
+    if not isinstance(name, str) or not _NAME_OK.match(name):
+        problems.add(raw.line_of("name"), f"{where}.name",
+                     f"{name!r} is not a valid name: use letters, digits and . _ + -")
+        name = str(name)
+    batch_size = raw.get("batch_size", 1)
+    if not (isinstance(batch_size, int) and not isinstance(batch_size, bool) and batch_size > 0) \
+            and not (isinstance(batch_size, str) and re.fullmatch(r"auto(:\d+)?", batch_size)):
+        problems.add(raw.line_of("batch_size"), f"{where}.batch_size",
+                     f"{batch_size!r} is not valid: a positive integer, 'auto' or 'auto:N'")
+    device = raw.get("device")
+    if device is not None and not isinstance(device, str):
+        problems.add(raw.line_of("device"), f"{where}.device",
+                     "must be a string such as cpu or cuda")
+    gen_kwargs = raw.get("gen_kwargs")
+    if gen_kwargs is not None and not isinstance(gen_kwargs, dict):
+        problems.add(raw.line_of("gen_kwargs"), f"{where}.gen_kwargs",
+                     "must be a mapping, e.g. {max_gen_toks: 64, temperature: 0}")
+        gen_kwargs = None
+    timeout = None
+    if "timeout" in raw:
+        try:
+            timeout = parse_duration(raw["timeout"])
+        except ValueError as exc:
+            problems.add(raw.line_of("timeout"), f"{where}.timeout", str(exc))
+    budgets = _budgets(raw, where, "budgets", problems, "{wall_time: 10m}")
+    marks = _marks(raw, "marks", f"{where}.", problems)
+    layout: dict[str, Any] = {}
+    for key in ("tp", "pp", "dp"):
+        value = raw.get(key)
+        if value is None or (key == "tp" and value == "auto"):
+            layout[key] = value
+        elif isinstance(value, int) and not isinstance(value, bool) and value >= 1:
+            layout[key] = value
+        else:
+            valid = "a whole number >= 1" + (" or 'auto'" if key == "tp" else "")
+            problems.add(raw.line_of(key), f"{where}.{key}", f"{value!r} is not valid: {valid}")
+    required = raw.get("required", False)
+    if not isinstance(required, bool):
+        problems.add(raw.line_of("required"), f"{where}.required", "must be true or false")
+        required = False
+    return ModelSpec(name, str(backend), args, batch_size, device,
+                     dict(gen_kwargs) if gen_kwargs else None, [], budgets, marks, timeout,
+                     Loc(problems.path, raw.line), layout.get("tp"), layout.get("pp"),
+                     layout.get("dp"), required)
+
+
+def _budgets(raw: yamlpos.PosDict, where: str, definition: str, problems: _Problems,
+             example: str) -> list[Budget]:
+    """The ``budgets`` mapping of a model (every kind) or a task entry (``task_budgets``)."""
+    raw_budgets = _optional_mapping(raw, "budgets", where, example, problems)
+    if raw_budgets is None:
+        return []
+    kinds = _keys(definition)
+    problems.unknown_keys(raw_budgets, kinds, f"{where}.budgets.")
+    budgets = []
+    for kind in kinds:
+        if kind in raw_budgets:
+            try:
+                limit = parse_limit(kind, raw_budgets[kind])
+            except ValueError as exc:
+                problems.add(raw_budgets.line_of(kind), f"{where}.budgets.{kind}",
+                             f"{exc} ({kind} takes {BUDGET_SPECS[kind].forms})")
+                continue
+            budgets.append(Budget(kind, limit, str(raw_budgets[kind]),
+                                  Loc(problems.path, raw_budgets.line_of(kind))))
+    return budgets
+
+
+def _int_setting(raw: dict[str, Any], defaults: dict[str, Any], key: str, where: str,
+                 line: int, problems: _Problems, *, allow_fraction: bool = False) -> Any:
+    value = raw.get(key, defaults.get(key))
+    if value is None:
+        return None
+    # limit: lm-eval reads a float below 1 as a fraction of the documents, else a count
+    least = 1 if allow_fraction else 0
+    ok = isinstance(value, int) and not isinstance(value, bool) and value >= least
+    if allow_fraction and isinstance(value, float) and 0 < value < 1:
+        ok = True
+    if not ok:
+        valid = ("a whole number >= 1 or a fraction in (0, 1)" if allow_fraction
+                 else "a non-negative integer")
+        problems.add(line, f"{where}{key}", f"{value!r} is not valid: {valid}")
+        return None
+    return value
+
+
+def _task(raw: Any, where: str, line: int, defaults: yamlpos.PosDict, index: TaskIndex,
+          shown: Path, problems: _Problems, require_thresholds: bool) -> TaskEntry | None:
+    if not isinstance(raw, yamlpos.PosDict) or "task" not in raw:
+        problems.add(line, where, "a task entry is a mapping with 'task' (an lm-eval task name) "
+                     "and 'thresholds'")
+        return None
+    problems.unknown_keys(raw, _keys("task"), f"{where}.")
+    task = raw["task"]
+    if not isinstance(task, str) or not task:
+        problems.add(raw.line_of("task"), f"{where}.task", "must be an lm-eval task or group name")
+        return None
+    name = raw.get("name", task)
+    if not isinstance(name, str) or not _NAME_OK.match(name):
+        problems.add(raw.line_of("name"), f"{where}.name",
+                     f"{name!r} is not valid: use letters, digits and . _ + -")
+        name = task
+    # a name not found locally may be one of lm-eval's ~14k built-in tasks: indexing
+    # those costs seconds, so the worker checks it (before the model loads)
+    local = index.get(task)
+    num_fewshot = _int_setting(raw, defaults, "num_fewshot", f"{where}.",
+                               raw.line_of("num_fewshot"), problems)
+    limit = _int_setting(raw, defaults, "limit", f"{where}.", raw.line_of("limit"), problems,
+                         allow_fraction=True)
+    seed = _int_setting(raw, defaults, "fewshot_seed", f"{where}.", raw.line_of("fewshot_seed"),
+                        problems)
+    if local is not None:
+        _check_data_files(local, raw, where, problems)
+    thresholds: list[Threshold] = []
+    raw_thresholds = _optional_mapping(raw, "thresholds", where, "{acc: 0.5} (metric -> bound)",
+                                       problems)
+    if raw_thresholds is not None:
+        known = local.metric_keys() if local is not None else None
+        for metric, spec in raw_thresholds.items():
+            t = _threshold(str(metric), spec, f"{where}.thresholds.{metric}",
+                           raw_thresholds.line_of(metric), known, shown, problems)
+            if t is not None:
+                thresholds.append(t)
+    marks = _marks(raw, "marks", f"{where}.", problems)
+    budgets = _budgets(raw, where, "task_budgets", problems, "{task_time: 2m}")
+    default_tolerance = _tolerance(defaults.get("regression"), "defaults.regression",
+                                   getattr(defaults, "key_lines", {}).get("regression", raw.line),
+                                   shown, problems)
+    regression = _regression(raw, where, local.metric_keys() if local is not None else None,
+                             shown, problems)
+    if require_thresholds and not thresholds and raw.get("thresholds") is None \
+            and not budgets:
+        problems.add(raw.line, where, f"task entry {name!r} has no thresholds: nothing would "
+                     "be tested; add e.g. thresholds: {acc: 0.5}")
+    return TaskEntry(name, task, num_fewshot, limit, 1234 if seed is None else seed,
+                     thresholds, marks, Loc(shown, raw.line), local, budgets, regression,
+                     default_tolerance)
+
+
+def _tolerance(spec: Any, where: str, line: int, shown: Path,
+               problems: _Problems) -> Tolerance:
+    """``{abs: 0.01, rel: 0.02}`` (either or both, or nothing) -> Tolerance."""
+    if spec is None:
+        return Tolerance()
+    if not isinstance(spec, yamlpos.PosDict):
+        problems.add(line, where, f"{spec!r} is not a tolerance: write a mapping such as "
+                     "{abs: 0.01} (an allowed drop in the metric's units) and/or {rel: 0.02} "
+                     "(a fraction of the baseline score), or nothing for none")
+        return Tolerance()
+    problems.unknown_keys(spec, _keys("tolerance"), f"{where}.")
+    values = {}
+    for key in ("abs", "rel"):
+        v = spec.get(key, 0.0)
+        if isinstance(v, bool) or not isinstance(v, int | float) or math.isnan(v) or v < 0:
+            problems.add(spec.line_of(key), f"{where}.{key}",
+                         f"{v!r} is not valid: a number >= 0")
+            v = 0.0
+        values[key] = float(v)
+    return Tolerance(values["abs"], values["rel"], Loc(shown, line))
+
+
+def _regression(raw: yamlpos.PosDict, where: str, known: dict[str, bool] | None, shown: Path,
+                problems: _Problems) -> dict[str, Tolerance] | None:
+    """A task entry's ``regression:``: false, or metric -> tolerance (or nothing)."""
+    spec = raw.get("regression")
+    if spec is False:
+        return None
+    if spec is None or spec is True:
+        return {}
+    if not isinstance(spec, yamlpos.PosDict):
+        problems.add(raw.line_of("regression"), f"{where}.regression",
+                     "must be false or a mapping metric -> tolerance, e.g. "
+                     "{acc: {abs: 0.01}, acc_norm: {rel: 0.02}, exact_match: {}}")
+        return {}
+    out: dict[str, Tolerance] = {}
+    for metric, tol in spec.items():
+        key = str(metric) if "," in str(metric) else f"{metric},none"
+        line = spec.line_of(metric)
+        if known is not None and key not in known:
+            written = sorted(k[:-5] if k.endswith(",none") else k for k in known)
+            hint = difflib.get_close_matches(str(metric), written, n=1)
+            did = f" (did you mean {hint[0]!r}?)" if hint else ""
+            problems.add(line, f"{where}.regression.{metric}",
+                         f"the task does not produce metric {metric!r}{did}; "
+                         f"it produces: {', '.join(written) or 'none'}")
+            continue
+        tolerance = _tolerance(tol, f"{where}.regression.{metric}", line, shown, problems)
+        out[key] = tolerance if tolerance.loc is not None else Tolerance(loc=Loc(shown, line))
+    return out
+
+
+def _check_data_files(local: LocalTask, raw: yamlpos.PosDict, where: str,
+                      problems: _Problems) -> None:
+    # checked against the workdir at run time too; here only an absolute miss is certain
+    for spec in local.data_files():
+        if Path(spec).is_absolute() and not Path(spec).exists():
+            problems.add(raw.line_of("task"), f"{where}.task",
+                         f"task {local.name!r} ({local.path}) reads data file {spec!r}, "
+                         "which does not exist")
+
+
+def _threshold(metric: str, spec: Any, where: str, line: int, known: dict[str, bool] | None,
+               shown: Path, problems: _Problems) -> Threshold | None:
+    key = metric if "," in metric else f"{metric},none"
+    if known is not None and key not in known:
+        written = sorted(k[:-5] if k.endswith(",none") else k for k in known)
+        hint = difflib.get_close_matches(metric, written, n=1)
+        did = f" (did you mean {hint[0]!r}?)" if hint else ""
+        problems.add(line, where, f"the task does not produce metric {metric!r}{did}; "
+                     f"it produces: {', '.join(written) or 'none'}")
+        return None
+    lo = hi = None
+    tolerance = 0.0
+    given = True
+    if isinstance(spec, int | float) and not isinstance(spec, bool):
+        lo = float(spec)
+        given = False  # the direction comes from higher_is_better
+    elif isinstance(spec, yamlpos.PosDict):
+        problems.unknown_keys(spec, _keys("threshold"), f"{where}.")
+        for bound in ("min", "max", "tolerance"):
+            v = spec.get(bound)
+            if v is not None and (isinstance(v, bool) or not isinstance(v, int | float)
+                                  or math.isnan(v)):
+                problems.add(spec.line_of(bound), f"{where}.{bound}", f"{v!r} is not a number")
+                return None
+        lo = None if spec.get("min") is None else float(spec["min"])
+        hi = None if spec.get("max") is None else float(spec["max"])
+        tolerance = float(spec.get("tolerance") or 0.0)
+        if lo is None and hi is None:
+            problems.add(line, where, "a threshold needs 'min' or 'max' (or both)")
+            return None
+        if lo is not None and hi is not None and lo > hi:
+            problems.add(line, where, f"min {lo} is above max {hi}")
+            return None
+        if tolerance < 0:
+            problems.add(spec.line_of("tolerance"), f"{where}.tolerance",
+                         "must be >= 0 (a number of standard errors)")
+            return None
+    else:
+        problems.add(line, where, f"{spec!r} is not a threshold: write a number (a bound in the "
+                     "direction of higher_is_better) or a mapping with min / max / tolerance")
+        return None
+    if known is not None and not given and not known[key]:
+        lo, hi = None, lo  # shorthand on a lower-is-better metric is a maximum
+        given = True
+    return Threshold(key, metric, lo, hi, tolerance, given, Loc(shown, line))
