@@ -1,4 +1,9 @@
-"""Backends turn a layout into lm-eval model_args and the worker's launch command.
+"""Backends: every fact about each one, and how a layout becomes its model_args and launch.
+
+This is the one place for them: the names suites may write and the model_args key
+naming the weights (suite/model.py reads them), the distributions whose versions
+key the results (jobs/job.py) and that the doctor shows (preflight.py). Imported at
+collection: no torch, no lm-eval here.
 
 Parallel math inside a group is the backend's: HF spreads a model over the
 group's GPUs with a device map (``parallelize=True``), vLLM and SGLang split
@@ -30,6 +35,12 @@ class Backend:
     install_hint: str
     splits_heads: bool  # tp must divide the attention heads
     torchrun: bool  # one process per GPU of the group
+    weights_key: str  # the model_args key naming the weights, as lm-eval's model class takes it
+    # the distributions that carry the backend's version, as the doctor shows it
+    distributions: tuple[str, ...]
+    # the distributions whose versions can change what the backend computes: in the model key
+    score_packages: tuple[str, ...]
+    hub_weights: bool = True  # the weights may be a hub id, found in the HF cache
     # worker environment defaults (the user's own environment wins)
     env: dict[str, str] = field(default_factory=dict)
     # what a forkserver imports before forking this backend's workers (executors/
@@ -83,17 +94,26 @@ class Backend:
 BACKENDS: dict[str, Backend] = {
     # forked from a server that imported its model stack (tests/test_forkserver_runs.py)
     "hf": Backend("hf", "hf", "transformers", "pip install 'pytest-disteval[hf]'",
-                  splits_heads=False, torchrun=False,
+                  splits_heads=False, torchrun=False, weights_key="pretrained",
+                  distributions=("transformers", "accelerate"),
+                  score_packages=("torch", "transformers", "accelerate", "peft"),
                   preload=("torch", "transformers", "lm_eval.models.huggingface",
                            *COMMON_PRELOAD)),
     # vLLM's engine processes must not fork a process that may already hold CUDA.
     # Not forked from the forkserver: vLLM starts processes and threads of its own
     # and its import was not checked to leave the server fork-safe
     "vllm": Backend("vllm", "vllm", "vllm", "pip install vllm",
-                    splits_heads=True, torchrun=False,
+                    splits_heads=True, torchrun=False, weights_key="pretrained",
+                    distributions=("vllm",), score_packages=("vllm", "torch", "transformers"),
                     env={"VLLM_WORKER_MULTIPROC_METHOD": "spawn"}),
     "sglang": Backend("sglang", "sglang", "sglang", "pip install 'sglang[all]'",
-                      splits_heads=True, torchrun=False),
+                      splits_heads=True, torchrun=False, weights_key="pretrained",
+                      distributions=("sglang",),
+                      score_packages=("sglang", "torch", "transformers")),
+    # a .nemo checkpoint is a local path, never a hub id
     "nemo_lm": Backend("nemo_lm", "nemo_lm", "nemo", "pip install 'nemo_toolkit[nlp]'",
-                       splits_heads=True, torchrun=True),
+                       splits_heads=True, torchrun=True, weights_key="path",
+                       distributions=("nemo_toolkit",),
+                       score_packages=("nemo_toolkit", "megatron-core", "torch"),
+                       hub_weights=False),
 }

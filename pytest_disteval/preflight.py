@@ -41,9 +41,6 @@ DISK_WARN_BYTES = 10 * 2**30
 NCCL_TIMEOUT_S = 60.0
 # a GPU with less than this share of its memory free is used by someone else: warn
 BUSY_FREE_SHARE = 0.9
-# the distribution that carries each backend's version (the module name may differ)
-BACKEND_DISTRIBUTIONS = {"hf": ("transformers", "accelerate"), "vllm": ("vllm",),
-                         "sglang": ("sglang",), "nemo_lm": ("nemo_toolkit",)}
 # dataset_path values that are lm-eval/datasets builders reading data_files, not hub ids
 _BUILDERS = {"json", "csv", "parquet", "text", "arrow", "pandas", "imagefolder", "audiofolder"}
 
@@ -227,7 +224,7 @@ class Doctor:
                                            or job.model.required)
         for name in sorted(required):
             backend = BACKENDS[name]
-            versions = ", ".join(f"{d} {package_version(d)}" for d in BACKEND_DISTRIBUTIONS[name]
+            versions = ", ".join(f"{d} {package_version(d)}" for d in backend.distributions
                                  if package_version(d))
             if backend.available():
                 checks.append(Check(f"backend {name}", PASS, versions or backend.module))
@@ -378,10 +375,10 @@ class Doctor:
             done.add((model.backend, model.weights))
             name = f"model {job.suite.path}::{job.name}"
             revision = model.model_args.get("revision")
-            found = (Path(model.weights) if model.backend == "nemo_lm"
-                     and Path(model.weights).exists()
+            hub = BACKENDS[model.backend].hub_weights
+            found = (Path(model.weights) if not hub and Path(model.weights).exists()
                      else local_model_dir(model.weights, str(revision) if revision else None)
-                     if model.backend != "nemo_lm" else None)
+                     if hub else None)
             if found is not None:
                 kind = "HF cache snapshot" if "snapshots" in found.parts else "local path"
                 checks.append(Check(name, PASS, f"{model.weights}: {kind} {found}"))

@@ -1,13 +1,12 @@
-"""Settings resolved once per session: command line > ini > environment > default.
+"""Settings resolved once per session from the options table (options.py).
 
-Every validator says where a bad value came from, and raises pytest.UsageError.
+Each option is read once, command line > ini > environment > default; its parser says
+where a bad value came from. Here: the defaults that depend on the rootdir, paths
+anchored where the user meant them, and the checks that involve two options.
 """
 
 from __future__ import annotations
 
-import math
-import os
-import re
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -15,12 +14,9 @@ from typing import Any
 
 import pytest
 
-from pytest_disteval.executors.local import START_METHODS
+from pytest_disteval.options import OPTIONS, read
 from pytest_disteval.plan.planner import GpuOptions
 from pytest_disteval.suite import overrides as overrides_mod
-from pytest_disteval.units import parse_duration
-
-DEFAULT_TIMEOUT = "2h"
 
 
 @dataclass(frozen=True)
@@ -71,211 +67,69 @@ class Settings:
         return self.base_dir / "runs"
 
 
-# options whose flags are not --disteval-*: the layout words users already know
-_SHORT_FLAGS = {"disteval_gpus": "--gpus", "disteval_gpu_ids": "--gpu-ids",
-                "disteval_tp": "--tp", "disteval_pp": "--pp", "disteval_dp": "--dp",
-                "disteval_pack": "--disteval-pack"}
-
-
-def _pick(config: pytest.Config, option: str, ini: str, env: str) -> tuple[object, str]:
-    value = config.getoption(option)
-    if value is not None:
-        flag = _SHORT_FLAGS.get(option, f"--{option.replace('_', '-')}")
-        return value, flag
-    ini_value = config.getini(ini)
-    if ini_value not in (None, "", []):
-        return ini_value, f"ini option {ini!r}"
-    if os.environ.get(env):
-        return os.environ[env], f"environment variable {env}"
-    return None, "default"
-
-
-def _bool(value: object, where: str) -> bool:
-    if isinstance(value, bool):
-        return value
-    text = str(value).strip().lower()
-    if text in {"1", "true", "yes", "on"}:
-        return True
-    if text in {"0", "false", "no", "off"}:
-        return False
-    raise pytest.UsageError(f"{where}: {value!r} is not a boolean (true/false)")
-
-
 def resolve(config: pytest.Config) -> Settings:
-    base, _ = _pick(config, "disteval_dir", "disteval_dir", "DISTEVAL_DIR")
-    base_dir = Path(str(base)) if base else config.rootpath / ".disteval"
-    if not base_dir.is_absolute():
-        base_dir = config.rootpath / base_dir
-    cache, where = _pick(config, "disteval_cache", "disteval_cache", "DISTEVAL_CACHE")
-    use_cache = True if cache is None else _bool(cache, where)
-    timeout_value, where = _pick(config, "disteval_timeout", "disteval_timeout",
-                                 "DISTEVAL_TIMEOUT")
-    timeout: float | None
-    if timeout_value is None:
-        timeout = parse_duration(DEFAULT_TIMEOUT)
-    elif str(timeout_value).strip().lower() in {"0", "none", "off"}:
-        timeout = None
-    else:
-        try:
-            timeout = parse_duration(str(timeout_value))
-        except ValueError as exc:
-            raise pytest.UsageError(f"{where}: {exc}; or 'off' for no limit") from None
-    overrides = _overrides(config)
-    baselines = _baseline_options(config)
-    if overrides.limit and baselines.get("save_baseline"):
+    read_once = {option.name: read(config, option) for option in OPTIONS}
+    value = {name: got for name, (got, _) in read_once.items()}
+    where = {name: place for name, (_, place) in read_once.items()}
+    base_dir = value["dir"] or Path(".disteval")
+    base_dir = base_dir if base_dir.is_absolute() else config.rootpath / base_dir
+    if value["limit"] and value["save_baseline"]:
         # a quick look's scores cover a few documents per task: as a baseline they
         # would make every later full run look like a change
         raise pytest.UsageError(
             f"--disteval-save-baseline cannot be combined with --disteval-limit "
-            f"{overrides.limit}: a baseline records full runs; drop the limit to save one")
+            f"{value['limit']}: a baseline records full runs; drop the limit to save one")
+    if value["executor"] == "ray" and value["fake_gpus"]:
+        raise pytest.UsageError("--disteval-fake-gpus cannot be combined with "
+                                f"{where['executor']} 'ray': the GPUs are the Ray cluster's "
+                                "(declare logical ones with: ray start --head --num-gpus N)")
+    xdist_worker = hasattr(config, "workerinput")
+    # absent values (None) leave the dataclasses' own defaults
+    gpu = {name: value[name] for name in ("gpus", "tp", "pp", "dp", "pack", "gpu_ids",
+                                          "fake_gpus") if value[name] is not None}
+    given = {name: value[name] for name in ("limit", "dtype", "batch_size", "model_args")
+             if value[name] is not None}
+    # relative to where pytest was started, as a shell user means it
+    baselines = {name: _anchor(value[name], config.invocation_params.dir)
+                 for name in ("baseline", "save_baseline") if value[name] is not None}
     return Settings(
         base_dir=base_dir,
-        use_cache=use_cache,
-        clear_cache=bool(config.getoption("disteval_clear_cache")),
-        timeout=timeout,
+        use_cache=value["cache"],
+        clear_cache=value["clear_cache"],
+        timeout=value["timeout"],
         python=sys.executable,
-        gpu=_gpu_options(config),
-        plan_only=bool(config.getoption("disteval_plan")),
-        is_xdist_worker=hasattr(config, "workerinput"),
-        reports=_report_options(config, base_dir),
-        overrides=overrides,
-        doctor=bool(config.getoption("disteval_doctor", False)),
-        **_executor_options(config),
+        gpu=GpuOptions(**gpu, xdist_worker=xdist_worker),
+        plan_only=value["plan"],
+        is_xdist_worker=xdist_worker,
+        overrides=overrides_mod.Overrides(**given),
+        doctor=value["doctor"],
+        executor=value["executor"],
+        worker_start=value["worker_start"],
+        ray_address=value["ray_address"],
+        alpha=value["alpha"],
+        reports=_report_options(config, base_dir, value, where),
         **baselines,
     )
 
 
-def _overrides(config: pytest.Config) -> overrides_mod.Overrides:
-    values: dict[str, object] = {}
-    for name, parse in (("limit", overrides_mod.parse_limit),
-                        ("dtype", overrides_mod.parse_dtype),
-                        ("batch_size", overrides_mod.parse_batch_size),
-                        ("model_args", overrides_mod.parse_model_args)):
-        value, where = _pick(config, f"disteval_{name}", f"disteval_{name}",
-                             f"DISTEVAL_{name.upper()}")
-        if value is not None:
-            values[name] = parse(value, where)
-    return overrides_mod.Overrides(**values)  # type: ignore[arg-type]
-EXECUTORS = ("local", "ray")
+def _anchor(path: Path, start: Path) -> Path:
+    return path if path.is_absolute() else start / path
 
 
-def _executor_options(config: pytest.Config) -> dict[str, Any]:
-    value, where = _pick(config, "disteval_executor", "disteval_executor", "DISTEVAL_EXECUTOR")
-    executor = "local" if value is None else str(value).strip().lower()
-    if executor not in EXECUTORS:
-        raise pytest.UsageError(f"{where}: {value!r} is not valid: one of "
-                                f"{', '.join(EXECUTORS)}")
-    address, where_address = _pick(config, "ray_address", "disteval_ray_address", "RAY_ADDRESS")
-    if executor == "ray":
-        from pytest_disteval.executors.ray import INSTALL_HINT, ray_available
-
-        if not ray_available():
-            raise pytest.UsageError(f"{where}: the ray executor needs Ray, which is not "
-                                    f"installed; install it with: {INSTALL_HINT}")
-        if config.getoption("disteval_fake_gpus"):
-            raise pytest.UsageError("--disteval-fake-gpus cannot be combined with "
-                                    f"{where} 'ray': the GPUs are the Ray cluster's (declare "
-                                    "logical ones with: ray start --head --num-gpus N)")
-    text = str(address).strip() if address not in (None, "") else None
-    if text is not None and not re.fullmatch(r"auto|ray://\S+|[\w.\-\[\]:]+:\d+", text):
-        raise pytest.UsageError(f"{where_address}: {text!r} is not valid: auto, host:port "
-                                "(the head's GCS port, 6379 by default) or ray://host:port")
-    start, where_start = _pick(config, "disteval_worker_start", "disteval_worker_start",
-                               "DISTEVAL_WORKER_START")
-    worker_start = "auto" if start is None else str(start).strip().lower()
-    if worker_start not in START_METHODS:
-        raise pytest.UsageError(f"{where_start}: {start!r} is not valid: one of "
-                                f"{', '.join(START_METHODS)}")
-    return {"executor": executor, "ray_address": text, "worker_start": worker_start}
-
-
-def _baseline_options(config: pytest.Config) -> dict[str, Any]:
-    values: dict[str, Any] = {}
-    for name in ("baseline", "save_baseline"):
-        value, _ = _pick(config, f"disteval_{name}", f"disteval_{name}",
-                         f"DISTEVAL_{name.upper()}")
-        if value:
-            path = Path(str(value)).expanduser()
-            # relative to where pytest was started, as a shell user means it
-            values[name] = path if path.is_absolute() else Path(config.invocation_params.dir,
-                                                                  path)
-    alpha, where = _pick(config, "disteval_alpha", "disteval_alpha", "DISTEVAL_ALPHA")
-    if alpha is not None:
-        try:
-            number = float(str(alpha))
-        except ValueError:
-            number = math.nan
-        if not 0.0 < number < 1.0:
-            raise pytest.UsageError(f"{where}: {alpha!r} is not valid: a significance level "
-                                    "between 0 and 1, e.g. 0.05")
-        values["alpha"] = number
-    return values
-
-
-_OFF = {"off", "none", "no", "false", "0"}
-
-
-def _report_options(config: pytest.Config, base_dir: Path) -> ReportOptions:
+def _report_options(config: pytest.Config, base_dir: Path, value: dict[str, Any],
+                    where: dict[str, str]) -> ReportOptions:
     paths: dict[str, Path | None] = {}
-    asked = False
     for name in ("json", "md", "html"):
-        value, where = _pick(config, f"disteval_{name}", f"disteval_{name}",
-                             f"DISTEVAL_{name.upper()}")
-        if value is None:
+        if where[name] == "default":
             # a run leaves its JSON report where its results are; the others are asked for
             paths[name] = base_dir / "report.json" if name == "json" else None
-        elif str(value).strip().lower() in _OFF:
-            paths[name] = None
+        elif value[name] is None:
+            paths[name] = None  # off
         else:
-            asked = asked or name == "json"
             # like --junitxml: relative to where pytest was started; an ini value to rootdir
-            start = (config.rootpath if where.startswith("ini")
+            start = (config.rootpath if where[name].startswith("ini")
                      else config.invocation_params.dir)
-            paths[name] = start / Path(str(value)).expanduser()
-    progress, where = _pick(config, "disteval_progress", "disteval_progress",
-                            "DISTEVAL_PROGRESS")
-    mode = "auto" if progress is None else str(progress).strip().lower()
-    if mode not in {"auto", "on", "off"}:
-        raise pytest.UsageError(f"{where}: {progress!r} is not valid: auto, on or off")
+            paths[name] = _anchor(value[name], start)
     return ReportOptions(json_path=paths["json"], md_path=paths["md"],
-                         html_path=paths["html"], progress=mode, json_asked=asked)
-
-
-def _positive(value: object, where: str, *, allow_zero: bool = False,
-              words: tuple[str, ...] = ()) -> int | str:
-    text = str(value).strip().lower()
-    if text in words:
-        return text
-    if text.isdigit() and (int(text) > 0 or (allow_zero and int(text) == 0)):
-        return int(text)
-    valid = ("a whole number >= 0" if allow_zero else "a whole number >= 1")
-    valid += "".join(f" or {w!r}" for w in words)
-    raise pytest.UsageError(f"{where}: {value!r} is not valid: {valid}")
-
-
-def _gpu_options(config: pytest.Config) -> GpuOptions:
-    values: dict[str, object] = {}
-    for name, allow_zero, words in (("gpus", True, ("all",)), ("tp", False, ("auto",)),
-                                    ("pp", False, ()), ("dp", False, ()), ("pack", False, ())):
-        value, where = _pick(config, f"disteval_{name}", f"disteval_{name}",
-                             f"DISTEVAL_{name.upper()}")
-        if value is not None:
-            values[name] = _positive(value, where, allow_zero=allow_zero, words=words)
-    ids, where = _pick(config, "disteval_gpu_ids", "disteval_gpu_ids", "DISTEVAL_GPU_IDS")
-    if ids is not None:
-        parts = [p.strip() for p in str(ids).split(",") if p.strip()]
-        if not parts or not all(p.isdigit() for p in parts):
-            raise pytest.UsageError(f"{where}: {ids!r} is not valid: comma-separated GPU "
-                                    "indices such as 0,1,2,3")
-        values["gpu_ids"] = tuple(int(p) for p in parts)
-    fake = config.getoption("disteval_fake_gpus")
-    if fake:
-        from pytest_disteval.gpu.inventory import FakeInventory
-
-        try:
-            FakeInventory.from_spec(fake)
-        except ValueError as exc:
-            raise pytest.UsageError(f"--disteval-fake-gpus: {exc}") from None
-        values["fake_gpus"] = fake
-    values["xdist_worker"] = hasattr(config, "workerinput")
-    return GpuOptions(**values)  # type: ignore[arg-type]
+                         html_path=paths["html"], progress=value["progress"],
+                         json_asked=where["json"] != "default" and paths["json"] is not None)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 from pathlib import Path
@@ -11,7 +12,7 @@ import pytest
 from pytest_disteval.backends import BACKENDS
 from pytest_disteval.plan.layout import Layout, LayoutError
 from pytest_disteval.suite.model import SuiteError
-from pytest_disteval.suite.parse import load_suite
+from pytest_disteval.suite.parse import SCHEMA_PATH, load_suite
 
 BASE = {"pretrained": "/models/llama", "dtype": "bfloat16", "gpu_memory_utilization": 0.8}
 
@@ -78,3 +79,15 @@ def test_nemo_suites_name_the_checkpoint_by_path(tmp_path: Path) -> None:
     suite.write_text(suite.read_text().replace("path:", "pretrained:"))
     with pytest.raises(SuiteError, match="at least 'path'"):
         load_suite(suite)
+
+
+def test_the_suite_schema_and_the_model_key_agree_with_the_backend_facts() -> None:
+    schema = json.loads(SCHEMA_PATH.read_text(encoding="utf-8"))
+    model = schema["$defs"]["model"]["properties"]
+    # the JSON schema cannot read backends.py: it must list the same names and weights keys
+    assert tuple(model["backend"]["enum"]) == tuple(BACKENDS)
+    assert {next(iter(c["required"])) for c in model["model_args"]["anyOf"]} == {
+        b.weights_key for b in BACKENDS.values()}
+    for backend in BACKENDS.values():
+        # a version the doctor shows also keys the results: an upgrade is never reused
+        assert set(backend.distributions) <= set(backend.score_packages), backend.name

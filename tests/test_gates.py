@@ -7,9 +7,10 @@ from pathlib import Path
 
 import pytest
 
+from pytest_disteval.items import budgets
 from pytest_disteval.items.thresholds import (
     MissingMetric,
-    check_budget,
+    Verdict,
     check_threshold,
     read_score,
 )
@@ -90,11 +91,13 @@ def test_group_n_is_the_sum_of_its_tasks() -> None:
     assert read_score(data, "g", "acc,none").n == 40
 
 
-def test_budget() -> None:
+def test_a_budget_is_judged_as_its_item_judges_it_into_the_same_verdict() -> None:
     budget = Budget("wall_time", 60.0, "1m", LOC)
-    assert check_budget(budget, 59.0).passed
-    verdict = check_budget(budget, 75.0)
-    assert not verdict.passed
+    assert budgets.check(budget.kind, budget.limit, 59.0, budget.written).passed
+    verdict = budgets.check(budget.kind, budget.limit, 75.0, budget.written)
+    assert isinstance(verdict, Verdict)  # one Verdict for thresholds and budgets
+    assert (verdict.passed, verdict.margin, verdict.required) == (False, -15.0,
+                                                                  "wall_time <= 60.0s")
     assert verdict.lines[-1] == "wall_time = 75.0s, required <= 60.0s, over by 15.0s"
 
 

@@ -16,6 +16,7 @@ from typing import Any
 
 import pytest
 
+from pytest_disteval.items.thresholds import Verdict
 from pytest_disteval.units import (
     format_duration,
     parse_budget_size,
@@ -156,16 +157,8 @@ def measure(kind: str, record: dict[str, Any] | None, entry: str | None = None) 
     return float(value)
 
 
-@dataclass(frozen=True)
-class BudgetVerdict:
-    passed: bool
-    required: str
-    margin: float  # in the budget's unit; >= 0 passes
-    lines: list[str]
-
-
 def check(kind: str, limit: float, measured: float, written: str = "",
-          detail: list[str] | None = None) -> BudgetVerdict:
+          detail: list[str] | None = None) -> Verdict:
     """Compare; the message says which way the bound goes and by how much it missed."""
     spec = KINDS[kind]
 
@@ -178,7 +171,7 @@ def check(kind: str, limit: float, measured: float, written: str = "",
     lines = [f"{kind} = {fmt(measured)}, required {spec.sign} {fmt(limit)}"
              + ("" if passed else f", {'short' if spec.floor else 'over'} by {fmt(-margin)}")]
     lines.extend(detail or [])
-    return BudgetVerdict(passed, required, margin, lines)
+    return Verdict(passed, required, margin, lines)
 
 
 def detail(kind: str, record: dict[str, Any], written: str = "") -> list[str]:

@@ -1,8 +1,9 @@
-"""Thresholds and budgets: read a score from lm-eval's results, decide, explain.
+"""Thresholds: read a score from lm-eval's results, decide, explain.
 
 lm-eval does the scoring; this module only compares. Messages read like a good
 assertion: what was measured (± stderr, n), what was required, by how much it
-missed, and where the requirement was written.
+missed, and where the requirement was written. ``Verdict`` is also a budget's
+(budgets.py).
 """
 
 from __future__ import annotations
@@ -11,8 +12,7 @@ import math
 from dataclasses import dataclass
 from typing import Any
 
-from pytest_disteval.items import budgets
-from pytest_disteval.suite.model import Budget, Threshold
+from pytest_disteval.suite.model import Threshold
 
 
 @dataclass(frozen=True)
@@ -75,9 +75,11 @@ def read_score(lm_eval: dict[str, Any], task: str, metric: str) -> Score:
 
 @dataclass(frozen=True)
 class Verdict:
+    """A threshold's or a budget's decision, with the lines that explain it."""
+
     passed: bool
-    required: str  # "acc >= 0.9000"
-    margin: float  # how far inside (+) or outside (-) the bound the score is
+    required: str  # "acc >= 0.9000", "wall_time <= 1m"
+    margin: float  # how far inside (+) or outside (-) the bound, in the measured unit
     lines: list[str]
 
 
@@ -113,8 +115,3 @@ def check_threshold(threshold: Threshold, score: Score) -> Verdict:
     lines.extend(notes)
     return Verdict(passed, required, margin, lines)
 
-
-def check_budget(budget: Budget, measured: float) -> Verdict:
-    """A budget's verdict (budgets.py knows each kind's unit and direction)."""
-    v = budgets.check(budget.kind, budget.limit, measured, budget.written)
-    return Verdict(v.passed, v.required, v.margin, v.lines)

@@ -79,6 +79,7 @@ def _hub_snapshot(model_id: str, revision: str | None) -> str | None:
 
 
 def package_version(name: str) -> str | None:
+    # metadata, not an import: lm-eval pulls in torch
     try:
         return metadata.version(name)
     except metadata.PackageNotFoundError:

@@ -14,6 +14,7 @@ from functools import cached_property, lru_cache
 from pathlib import Path
 from typing import Any
 
+from pytest_disteval.backends import BACKENDS
 from pytest_disteval.jobs.fingerprint import (
     digest,
     files_digest,
@@ -25,14 +26,6 @@ from pytest_disteval.suite.model import ModelSpec, Suite, TaskEntry
 
 # bumped when the stored entry format or the meaning of a key changes
 CACHE_FORMAT = 1
-
-# packages whose versions can change what a backend computes
-BACKEND_PACKAGES = {
-    "hf": ("torch", "transformers", "accelerate", "peft"),
-    "vllm": ("vllm", "torch", "transformers"),
-    "sglang": ("sglang", "torch", "transformers"),
-    "nemo_lm": ("nemo_toolkit", "megatron-core", "torch"),
-}
 
 
 @dataclass
@@ -71,7 +64,7 @@ class EvalJob:
             "split": list(self.split),
             "gen_kwargs": self.model.gen_kwargs,
             "versions": {name: package_version(name)
-                         for name in ("lm_eval", *BACKEND_PACKAGES[self.model.backend])},
+                         for name in ("lm_eval", *BACKENDS[self.model.backend].score_packages)},
         }
 
     @cached_property

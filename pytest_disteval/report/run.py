@@ -14,13 +14,13 @@ import socket
 import sys
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
-from importlib import metadata
 from pathlib import Path
 from typing import Any
 
 import pytest
 
 from pytest_disteval import __version__
+from pytest_disteval.jobs.fingerprint import package_version
 from pytest_disteval.store.results import read_json_object
 
 SCHEMA_VERSION = 1
@@ -31,14 +31,6 @@ _EXIT_NAMES = {0: "ok", 1: "tests_failed", 2: "interrupted", 3: "internal_error"
 
 def _now() -> str:
     return datetime.now(timezone.utc).isoformat(timespec="seconds")
-
-
-def _version(dist: str) -> str | None:
-    # metadata, not an import: lm-eval pulls in torch
-    try:
-        return metadata.version(dist)
-    except metadata.PackageNotFoundError:
-        return None
 
 
 def _jsonable(value: Any) -> Any:
@@ -89,7 +81,7 @@ class RunRecorder:
         return {
             "schema_version": SCHEMA_VERSION,
             "generator": {"name": "pytest-disteval", "version": __version__,
-                          "lm_eval_version": _version("lm_eval"),
+                          "lm_eval_version": package_version("lm_eval"),
                           "pytest_version": pytest.__version__,
                           "python_version": platform.python_version()},
             "started_at": self.started_at,

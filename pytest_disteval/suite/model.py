@@ -6,12 +6,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from pytest_disteval import backends
 from pytest_disteval.suite.localtasks import LocalTask, TaskIndex
 
 FORMAT_VERSION = 1
-BACKENDS = ("hf", "vllm", "sglang", "nemo_lm")
-# the model_args key naming the weights, as lm-eval's model classes take it
-MODEL_KEY = {"hf": "pretrained", "vllm": "pretrained", "sglang": "pretrained", "nemo_lm": "path"}
+# the backends suites may name, and the model_args key naming each one's weights
+BACKENDS = tuple(backends.BACKENDS)
+MODEL_KEY = {name: backend.weights_key for name, backend in backends.BACKENDS.items()}
 
 
 @dataclass(frozen=True)
