@@ -19,6 +19,7 @@ from pytest_disteval.jobs.job import EvalJob
 from pytest_disteval.jobs.scheduler import JobScheduler
 from pytest_disteval.plan.planner import GpuOptions
 from pytest_disteval.preflight import FAIL, PASS, WARN, Check, Doctor, probe_torch
+from pytest_disteval.preflight.disk import dataset_check
 from pytest_disteval.settings import Settings
 from pytest_disteval.suite.parse import parse_suite
 
@@ -179,10 +180,10 @@ def test_models_and_datasets_must_resolve_offline(tmp_path: Path, nvml: DriverNv
 
 def test_a_hub_dataset_is_found_in_the_datasets_cache(tmp_path: Path) -> None:
     environ = {"HF_HOME": str(tmp_path)}
-    missing = doctor._dataset_check("dataset t", "org/data", [], tmp_path, environ)
+    missing = dataset_check("dataset t", "org/data", [], tmp_path, environ)
     assert missing.status == WARN and "--repo-type dataset org/data" in missing.fix
     (tmp_path / "datasets" / "org___data").mkdir(parents=True)
-    found = doctor._dataset_check("dataset t", "org/data", [], tmp_path, environ)
+    found = dataset_check("dataset t", "org/data", [], tmp_path, environ)
     assert found.status == PASS and "org___data" in found.detail
 
 
