@@ -1,7 +1,8 @@
 """Disk checks: free space, the offline mode, and the models and datasets the workers read.
 
 The workers run offline (HF_HUB_OFFLINE=1), so every model and hub dataset must
-already be on disk: a local path or the HF caches. The fixes name the command
+already be on disk: a local path or the HF caches. The fixes name the ``hf``
+command (huggingface_hub's CLI; the venvs have no ``huggingface-cli``)
 that downloads what is missing.
 """
 
@@ -74,7 +75,7 @@ def offline(environ: Mapping[str, str]) -> Check:
     off = environ.get("HF_HUB_OFFLINE", "").lower() in {"1", "true", "yes", "on"}
     if environ.get("HF_HUB_OFFLINE") is not None and not off:
         return Check("offline", WARN, text + "; models and datasets are not downloaded",
-                     "download them beforehand (huggingface-cli download ...)")
+                     "download them beforehand (hf download ...)")
     return Check("offline", PASS, text)
 
 
@@ -104,7 +105,7 @@ def models(jobs: Iterable[EvalJob], environ: Mapping[str, str]) -> list[Check]:
             f"({hf_hub_cache(environ)}); the workers run offline"
             + ("; its backend is missing, so its items skip anyway" if missing_backend
                else ""),
-            f"where there is network: huggingface-cli download {model.weights}"
+            f"where there is network: hf download {model.weights}"
             + (f" --revision {revision}" if revision else "")
             + " (set HF_HOME to the cache the workers see), or give a local path"))
     return checks
@@ -159,7 +160,7 @@ def dataset_check(name: str, dataset_path: str | None, data_files: list[str], wo
     # a WARN, not a FAIL: datasets' cache layouts differ between versions
     return Check(name, WARN, f"{dataset_path}: not in the HF hub cache ({hub.parent}) nor the "
                  f"datasets cache ({built.parent}); the workers run offline",
-                 f"where there is network: huggingface-cli download --repo-type dataset "
+                 f"where there is network: hf download --repo-type dataset "
                  f"{dataset_path} (or run the task once online with the same HF_HOME)")
 
 
