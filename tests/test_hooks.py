@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+import ast
 import json
+from pathlib import Path
 
 import pytest
+
+import pytest_disteval
 
 from conftest import Demo
 from helpers import model_block, write_suite
@@ -79,3 +83,17 @@ def test_a_plugins_items_sit_beside_the_regression_items(with_plugin: pytest.Pyt
         "suites/smoke.yaml::tiny::arith_mc::zero-shot",
     ]
 
+
+
+
+def test_the_core_items_do_not_import_the_regression_feature() -> None:
+    # the dependency runs one way, regression/ -> items/: not even a lazy import back
+    items = Path(pytest_disteval.__file__).parent / "items"
+    found = []
+    for path in sorted(items.glob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            names = ([node.module or ""] if isinstance(node, ast.ImportFrom)
+                     else [a.name for a in node.names] if isinstance(node, ast.Import) else [])
+            found += [f"{path.name}:{node.lineno}: {n}" for n in names
+                      if n.startswith("pytest_disteval.regression")]
+    assert found == []
