@@ -37,6 +37,13 @@ def pytest_addoption(parser: pytest.Parser) -> None:
                 parser.addini(option.ini, option.full_help, default=None)
 
 
+def pytest_addhooks(pluginmanager: pytest.PytestPluginManager) -> None:
+    # the package's own hooks: the regression feature and other plugins add to items there
+    from pytest_disteval import hookspecs
+
+    pluginmanager.add_hookspecs(hookspecs)
+
+
 def pytest_configure(config: pytest.Config) -> None:
     config.addinivalue_line(
         "markers", "disteval(suite, model, backend, task, metric, kind): an item made from a "
@@ -55,7 +62,7 @@ def pytest_configure(config: pytest.Config) -> None:
     config.stash[SCHEDULER] = JobScheduler(resolved)
     config.pluginmanager.register(DistevalSession(config), "disteval-session")
     if resolved.baseline is not None or resolved.save_baseline is not None:
-        from pytest_disteval.regression.baseline import BaselinePlugin
+        from pytest_disteval.regression.plugin import BaselinePlugin
 
         config.pluginmanager.register(BaselinePlugin(config, resolved), "disteval-baseline")
     if config.pluginmanager.hasplugin("xdist"):

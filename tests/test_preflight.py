@@ -62,7 +62,7 @@ def test_doctor_prints_the_checks_and_runs_nothing(project: pytest.Pytester,
     result.stdout.fnmatch_lines([
         "FAIL  model suites/s.yaml::hubby *'nobody-here/no-such-model' is neither a local "
         "path nor in the HF cache*",
-        "* fix: where there is network: huggingface-cli download nobody-here/no-such-model*",
+        "* fix: where there is network: hf download nobody-here/no-such-model*",
         "* 1 failed",
     ])
     assert result.ret == 1 and nothing_ran(base)

@@ -5,6 +5,7 @@ Node ids read ``suites/smoke.yaml::tiny-arith::arith_mc::acc``,
 ``suites/smoke.yaml::tiny-arith::arith_mc::task_time`` (a task entry's budget).
 Every item carries the marker ``disteval(suite=, model=, backend=, task=, metric=,
 kind=)`` so ``-m`` can select on any of them, and the names are ``-k`` keywords.
+Plugins add items to a task node through ``pytest_disteval_task_items`` (hookspecs.py).
 """
 
 from __future__ import annotations
@@ -109,11 +110,9 @@ class TaskNode(pytest.Collector):
                                            None)
             if budget is not None:
                 yield BudgetItem.from_parent(self, name=kind, budget=budget)
-        from pytest_disteval.regression.items import (
-            regression_items,  # that module imports this one
-        )
-
-        yield from regression_items(self)
+        # plugins' items (regression items among them): hookspecs.py
+        for items in self.ihook.pytest_disteval_task_items(collector=self, entry=self.entry):
+            yield from items
 
 
 class DistevalItem(pytest.Item):
@@ -155,9 +154,8 @@ class DistevalItem(pytest.Item):
         self.user_properties.extend([("kind", self.kind), ("model", self.job.name),
                                      ("backend", self.job.model.backend)])
         outcome = self.scheduler.outcome(self.job)
-        recorder = self.config.pluginmanager.get_plugin("disteval-baseline")
-        if recorder is not None:
-            recorder.record(self, outcome)  # --disteval-save-baseline keeps what the job gave
+        # --disteval-save-baseline keeps what the job gave (regression/plugin.py)
+        self.ihook.pytest_disteval_job_outcome(item=self, outcome=outcome)
         if outcome.skip_reason and not outcome.entries:
             pytest.skip(outcome.skip_reason)
         wall = outcome.wall_s if outcome.wall_s is not None else outcome.recorded_wall_s

@@ -14,9 +14,7 @@ hardware or layout change can show both sides::
                                   "higher_is_better": true}},
          "samples": {"doc_id": [...], "doc_hash": [...], "metrics": {...}, ...} | null}}}
 
-Under xdist every worker records what its items saw and hands it to the
-controller through ``workeroutput``; only the controller writes the file, once,
-atomically, so concurrent workers never race on it.
+The hooks that record a run and write the file are regression/plugin.py's.
 """
 
 from __future__ import annotations
@@ -34,16 +32,13 @@ from pytest_disteval.gpu.inventory import NoGPUError
 from pytest_disteval.items.thresholds import MissingMetric, Score, read_score
 from pytest_disteval.jobs.fingerprint import package_version
 from pytest_disteval.plan.layout import LayoutError
-from pytest_disteval.settings import Settings
 from pytest_disteval.store.results import write_json_atomic
 from pytest_disteval.store.samples import read_samples
 
 if TYPE_CHECKING:
     from pytest_disteval.items.nodes import DistevalItem
-    from pytest_disteval.jobs.scheduler import JobOutcome
 
 BASELINE_FORMAT = 1
-WORKER_KEY = "disteval_baseline"  # the records' key in xdist's workeroutput
 
 
 def entry_id(suite: str, model: str, entry: str) -> str:
@@ -159,56 +154,12 @@ def record_entry(item: DistevalItem, name: str, stored: dict[str, Any]) -> dict[
     }
 
 
-class BaselinePlugin:
-    """Holds the baseline compared with and the records of the one being saved."""
-
-    def __init__(self, config: pytest.Config, settings: Settings) -> None:
-        self.config = config
-        self.settings = settings
-        self.baseline = load_baseline(settings.baseline) if settings.baseline else None
-        self.records: dict[str, dict[str, Any]] = {}
-        self.written: Path | None = None
-
-    def record(self, item: DistevalItem, outcome: JobOutcome) -> None:
-        """Keep every entry of an item's job once (any item of the job may be first)."""
-        if self.settings.save_baseline is None:
-            return
-        for name, stored in outcome.entries.items():
-            key = entry_id(str(item.job.suite.path), item.job.name, name)
-            if key not in self.records:
-                self.records[key] = record_entry(item, name, stored)
-
-    @pytest.hookimpl(optionalhook=True)
-    def pytest_testnodedown(self, node: Any, error: Any) -> None:
-        # the controller: a finished xdist worker's records (workers never write the file)
-        records = getattr(node, "workeroutput", {}).get(WORKER_KEY) or {}
-        for key, record in records.items():
-            self.records.setdefault(key, record)
-
-    def pytest_sessionfinish(self, session: pytest.Session) -> None:
-        if self.settings.save_baseline is None:
-            return
-        workeroutput = getattr(self.config, "workeroutput", None)
-        if workeroutput is not None:
-            workeroutput[WORKER_KEY] = self.records
-            return
-        if self.config.option.collectonly or self.settings.plan_only or not self.records:
-            return  # nothing ran: an existing baseline is worth more than an empty one
-        write_json_atomic(self.settings.save_baseline, {
-            "disteval_baseline": BASELINE_FORMAT,
-            "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-            "versions": {"pytest_disteval": __version__, "lm_eval": package_version("lm_eval")},
-            "entries": dict(sorted(self.records.items())),
-        }, indent=None)
-        self.settings.save_baseline.chmod(0o644)  # a file to share and commit, not a secret
-        self.written = self.settings.save_baseline
-
-    def pytest_terminal_summary(self, terminalreporter: Any) -> None:
-        if self.settings.save_baseline is not None and self.written is None:
-            terminalreporter.write_line(f"disteval: no task entry was evaluated; baseline "
-                                        f"{self.settings.save_baseline} not written")
-        if self.written is not None:
-            with_samples = sum(1 for r in self.records.values() if r.get("samples"))
-            terminalreporter.write_line(
-                f"disteval: baseline of {len(self.records)} task entries "
-                f"({with_samples} with per-document results) written to {self.written}")
+def write_baseline(path: Path, records: dict[str, dict[str, Any]]) -> None:
+    """Write the recorded entries as a baseline file, atomically."""
+    write_json_atomic(path, {
+        "disteval_baseline": BASELINE_FORMAT,
+        "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "versions": {"pytest_disteval": __version__, "lm_eval": package_version("lm_eval")},
+        "entries": dict(sorted(records.items())),
+    }, indent=None)
+    path.chmod(0o644)  # a file to share and commit, not a secret

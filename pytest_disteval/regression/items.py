@@ -3,7 +3,8 @@
 ``compare`` is pure (scores, per-document results, tolerance, alpha -> a
 decision and its explanation); ``RegressionItem`` is the pytest item around it,
 one per threshold metric of a task entry (and per metric under its
-``regression:`` key) when ``--disteval-baseline`` is given. Node ids read
+``regression:`` key) when ``--disteval-baseline`` is given (regression/plugin.py
+adds them through the ``pytest_disteval_task_items`` hook). Node ids read
 ``suites/smoke.yaml::tiny-arith::arith_mc::acc[regression]``: selecting
 ``...::arith_mc::acc`` selects the threshold and its regression item together.
 """
@@ -13,20 +14,17 @@ from __future__ import annotations
 import math
 from collections.abc import Iterator
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import pytest
 
-from pytest_disteval.items.nodes import DistevalFailure, DistevalItem
+from pytest_disteval.items.nodes import DistevalFailure, DistevalItem, TaskNode
 from pytest_disteval.items.thresholds import MissingMetric, Score, read_score
 from pytest_disteval.regression import stats
-from pytest_disteval.regression.baseline import Baseline, BaselinePlugin, entry_id, hardware_of
+from pytest_disteval.regression.baseline import Baseline, entry_id, hardware_of
 from pytest_disteval.state import SETTINGS
 from pytest_disteval.store.samples import Example, Pairing, pair, read_samples
-from pytest_disteval.suite.model import Loc, Tolerance
-
-if TYPE_CHECKING:
-    from pytest_disteval.items.nodes import TaskNode
+from pytest_disteval.suite.model import Loc, TaskEntry, Tolerance
 
 EXAMPLES = 3  # flipped documents shown per direction
 NO_TOLERANCE = Tolerance()
@@ -138,10 +136,10 @@ def _layout_text(hardware: str, layout: dict[str, Any]) -> str:
 # ------------------------------------------------------------------------ the items
 
 
-def regression_items(node: TaskNode) -> Iterator[RegressionItem]:
-    """The regression items of a task entry, when a baseline is given."""
-    entry = node.entry
-    if node.config.stash[SETTINGS].baseline is None or entry.regression is None:
+def regression_items(node: TaskNode, entry: TaskEntry,
+                     baseline: Baseline) -> Iterator[RegressionItem]:
+    """A task entry's regression items against ``baseline``; none with ``regression: false``."""
+    if entry.regression is None:
         return
     wanted: dict[str, tuple[str, Loc]] = {}
     for t in entry.thresholds:
@@ -152,23 +150,24 @@ def regression_items(node: TaskNode) -> Iterator[RegressionItem]:
     for metric, (written, loc) in wanted.items():
         tolerance = entry.regression.get(metric, entry.regression_default)
         yield RegressionItem.from_parent(node, name=f"{written}[regression]", metric=metric,
-                                         tolerance=tolerance, loc=tolerance.loc or loc)
+                                         tolerance=tolerance, baseline=baseline,
+                                         loc=tolerance.loc or loc)
 
 
 class RegressionItem(DistevalItem):
     kind = "regression"
 
-    def __init__(self, *, metric: str, tolerance: Tolerance, **kwargs: Any) -> None:
+    def __init__(self, *, metric: str, tolerance: Tolerance, baseline: Baseline,
+                 **kwargs: Any) -> None:
         self.metric_key = metric
         self.tolerance = tolerance
+        self.baseline = baseline
         self.entry = kwargs["parent"].entry
         super().__init__(metric=metric, **kwargs)
 
     def runtest(self) -> None:
         assert self.entry is not None
-        plugin = self.config.pluginmanager.get_plugin("disteval-baseline")
-        assert isinstance(plugin, BaselinePlugin) and plugin.baseline is not None
-        baseline: Baseline = plugin.baseline
+        baseline = self.baseline
         metric = self.metric_key
         self.user_properties.extend([("task", self.entry.name), ("metric", metric)])
         outcome = self.outcome()

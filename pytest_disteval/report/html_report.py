@@ -14,8 +14,13 @@ from html import escape
 from pathlib import Path
 from typing import Any
 
-from pytest_disteval.report.md_report import ITEM_HEADER, item_cells, verdict_line
-from pytest_disteval.report.terminal import JOB_HEADER, job_cells
+from pytest_disteval.report.format import (
+    ITEM_HEADER,
+    JOB_HEADER,
+    item_cells,
+    job_cells,
+    verdict_line,
+)
 from pytest_disteval.units import parse_duration, parse_size
 
 _CSS = """
@@ -240,7 +245,7 @@ def render(report: dict[str, Any]) -> str:
            _row((*ITEM_HEADER, "score vs bound"), tag="th"), "</thead><tbody>"]
     for item in report["items"]:
         # words, not the markdown's emoji: a browser may lack an emoji font
-        cells = (_RESULT.get(item["outcome"], item["outcome"]), *item_cells(item)[1:])
+        cells = (_RESULT.get(item["outcome"], item["outcome"]), *item_cells(item))
         outcome = escape(item["outcome"])
         classes = [f"r-{outcome}", "", "", "", "num", "wrap", "num"]
         tds = "".join(f'<td class="{cls}">{escape(c)}</td>'

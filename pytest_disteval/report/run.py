@@ -120,8 +120,6 @@ class RunRecorder:
         return list(jobs.values())
 
 
-
-
 def _skip_reason(report: pytest.TestReport) -> str | None:
     if report.skipped and isinstance(report.longrepr, tuple):
         return str(report.longrepr[2]).removeprefix("Skipped: ")

@@ -12,6 +12,8 @@ from typing import Any
 
 import pytest
 
+from pytest_disteval.report.format import JOB_HEADER, job_cells
+
 
 @dataclass
 class SummaryTable:
@@ -116,42 +118,6 @@ def _regression_cells(row: dict[str, Any]) -> tuple[str, str, str, str, Any]:
 
 
 # -- the job table: one row per job, from the run report's job records ----------
-
-JOB_HEADER = ("model", "backend", "layout", "GPUs", "wall", "load", "req/s", "tok/s",
-              "peak GPU mem", "host RSS", "cached")
-
-
-def _num(value: Any, fmt: str, suffix: str = "") -> str:
-    return f"{value:{fmt}}{suffix}" if isinstance(value, int | float) else "-"
-
-
-def _gib(value: Any) -> str:
-    return f"{value / 2**30:.2f} GiB" if isinstance(value, int | float) else "-"
-
-
-def job_cells(job: dict[str, Any]) -> tuple[str, ...]:
-    """A job of the run report as table cells; ``-`` where nothing was measured."""
-    record = job.get("job") or {}
-    layout = record.get("layout")
-    if layout:
-        text = f"tp{layout['tp']} pp{layout['pp']} dp{layout['dp']}"
-        if layout.get("pack", 1) > 1:
-            text += f" pack{layout['pack']}"
-    else:
-        text = "-"
-    gpus = record.get("gpus") or []
-    if gpus:
-        names = sorted({g["name"] for g in gpus})
-        where = ",".join(str(g["index"]) for g in gpus) + f" ({'/'.join(names)})"
-    else:
-        where = record.get("device") or "-"
-    gpu = record.get("gpu") or {}
-    cached = record.get("cached")
-    return (str(job.get("model") or "-"), str(job.get("backend") or "-"), text, where,
-            _num(record.get("wall_s"), ".1f", "s"), _num(record.get("load_s"), ".1f", "s"),
-            _num(record.get("requests_per_s"), ".1f"), _num(record.get("tokens_per_s"), ".0f"),
-            _gib(gpu.get("group_peak_mem_bytes")), _gib(record.get("host_peak_rss_bytes")),
-            "-" if cached is None else ("yes" if cached else "no"))
 
 
 def render_jobs(jobs: list[dict[str, Any]]) -> list[str]:

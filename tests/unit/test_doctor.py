@@ -7,6 +7,7 @@ test_gpus.py); only what cannot exist here (GPUs, a driver, NCCL) is faked.
 from __future__ import annotations
 
 import json
+import subprocess
 import sys
 from pathlib import Path
 from typing import Any
@@ -19,6 +20,7 @@ from pytest_disteval.jobs.job import EvalJob
 from pytest_disteval.jobs.scheduler import JobScheduler
 from pytest_disteval.plan.planner import GpuOptions
 from pytest_disteval.preflight import FAIL, PASS, WARN, Check, Doctor, probe_torch
+from pytest_disteval.preflight.disk import dataset_check
 from pytest_disteval.settings import Settings
 from pytest_disteval.suite.parse import parse_suite
 
@@ -165,7 +167,7 @@ def test_models_and_datasets_must_resolve_offline(tmp_path: Path, nvml: DriverNv
     sched = scheduler(tmp_path, model=model, tasks="  - task: hub_task\n    thresholds: {x: 1}")
     checks = by_name(Doctor(sched, probe=nccl_ok).run())  # hub_task: not local, not built in
     assert checks["model"].status == FAIL
-    assert "huggingface-cli download org/tiny" in checks["model"].fix
+    assert "hf download org/tiny" in checks["model"].fix
     assert checks["dataset hub_task"].status == WARN
     # the same model in the HF cache resolves (a snapshot, as huggingface_hub lays it out)
     snap = home / "hub" / "models--org--tiny" / "snapshots" / "abc123"
@@ -179,11 +181,26 @@ def test_models_and_datasets_must_resolve_offline(tmp_path: Path, nvml: DriverNv
 
 def test_a_hub_dataset_is_found_in_the_datasets_cache(tmp_path: Path) -> None:
     environ = {"HF_HOME": str(tmp_path)}
-    missing = doctor._dataset_check("dataset t", "org/data", [], tmp_path, environ)
-    assert missing.status == WARN and "--repo-type dataset org/data" in missing.fix
+    missing = dataset_check("dataset t", "org/data", [], tmp_path, environ)
+    assert missing.status == WARN and "hf download --repo-type dataset org/data" in missing.fix
     (tmp_path / "datasets" / "org___data").mkdir(parents=True)
-    found = doctor._dataset_check("dataset t", "org/data", [], tmp_path, environ)
+    found = dataset_check("dataset t", "org/data", [], tmp_path, environ)
     assert found.status == PASS and "org___data" in found.detail
+
+
+def test_the_download_fixes_name_a_command_this_venv_has(tmp_path: Path) -> None:
+    # huggingface_hub installs `hf`; a fix naming another CLI is a dead instruction
+    hf = Path(sys.executable).parent / "hf"
+    if not hf.exists():
+        pytest.skip(f"no hf next to {sys.executable}: huggingface_hub is not installed")
+    fix = dataset_check("dataset t", "org/data", [], tmp_path, {"HF_HOME": str(tmp_path)}).fix
+    command = fix.removeprefix("where there is network: ").split(" (")[0].split()
+    assert command[:2] == ["hf", "download"], fix
+    # the options the fixes use are the CLI's own (--help: parsed offline, nothing fetched)
+    done = subprocess.run([str(hf), *command[1:-1], "--help"], capture_output=True,
+                          text=True, timeout=60, check=False)
+    assert done.returncode == 0, done.stderr
+    assert "--repo-type" in done.stdout and "--revision" in done.stdout
 
 
 def test_cpu_runs_need_no_gpu_checks(tmp_path: Path) -> None:
