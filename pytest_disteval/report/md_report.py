@@ -11,7 +11,8 @@ from typing import Any
 
 from pytest_disteval.report.terminal import JOB_HEADER, job_cells
 
-ITEM_HEADER = ("result", "model", "task", "metric", "value", "bound", "margin / Δ")
+# the suite last: two suites may name a model alike; the first columns stay as the terminal's
+ITEM_HEADER = ("result", "model", "task", "metric", "value", "bound", "margin / Δ", "suite")
 _RESULT = {"passed": "✅ pass", "failed": "❌ FAIL", "skipped": "⏭ skip"}
 
 
@@ -21,7 +22,7 @@ def _f(value: Any, digits: int = 4) -> str | None:
 
 
 def item_cells(item: dict[str, Any]) -> tuple[str, ...]:
-    """One item as (result, model, task, metric, value, bound, margin or delta)."""
+    """One item as (result, model, task, metric, value, bound, margin or delta, suite)."""
     p = item["properties"]
     kind = item["kind"]
     if kind == "budget":
@@ -42,7 +43,12 @@ def item_cells(item: dict[str, Any]) -> tuple[str, ...]:
         else:
             extra = _f(p.get("margin")) or "-"
     return (_RESULT.get(item["outcome"], item["outcome"]), str(item.get("model") or "-"),
-            task, metric, value, str(p.get("bound", "-")), extra)
+            task, metric, value, str(p.get("bound", "-")), extra, item_suite(item))
+
+
+def item_suite(item: dict[str, Any]) -> str:
+    """The suite file of an item: the first part of its node id."""
+    return str(item["nodeid"]).split("::", 1)[0]
 
 
 def _cell(text: str) -> str:
