@@ -157,9 +157,11 @@ def parse_suite(text: str, path: Path, root: Path | None = None, *,
     problems.unknown_keys(data, _keys("suite"), "")
     version = data.get("disteval")
     if "disteval" not in data:
-        problems.add(1, "disteval", "missing: a suite says 'disteval: 1' (the format version) "
-                     "at its top level; without it the file is not a suite and nothing in it is "
-                     "checked")
+        # beside a misspelling of it, where there is one: the two messages read together
+        near = difflib.get_close_matches("disteval", [str(k) for k in data], n=1, cutoff=0.75)
+        problems.add(data.line_of(near[0]) if near else 1, "disteval",
+                     "missing: a suite says 'disteval: 1' (the format version) at its top "
+                     "level; without it the file is not a suite and nothing in it is checked")
     elif version != FORMAT_VERSION:
         problems.add(data.line_of("disteval"), "disteval",
                      f"format version {version!r} is not supported; write 'disteval: 1'")
