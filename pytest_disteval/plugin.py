@@ -72,7 +72,10 @@ def pytest_configure(config: pytest.Config) -> None:
 
 
 def pytest_collect_file(file_path: Path, parent: pytest.Collector) -> pytest.Collector | None:
-    if is_suite(file_path):
+    # a YAML file named on the command line too: its error says why it is not a suite,
+    # where pytest would only say 'not found'
+    if is_suite(file_path) or (file_path.suffix in {".yaml", ".yml"}
+                               and parent.session.isinitpath(file_path)):
         return SuiteFile.from_parent(parent, path=file_path)  # type: ignore[no-any-return]
     return None
 

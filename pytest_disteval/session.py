@@ -34,6 +34,7 @@ class DistevalSession:
         self.progress_fd = self._progress_fd(config)
         self.started = time.time()
         self.doctor_failed: bool | None = None  # set by --disteval-doctor
+        self.plan_failed = False  # --disteval-plan: a job that cannot be laid out
 
     @staticmethod
     def _progress_fd(config: pytest.Config) -> int | None:
@@ -147,6 +148,7 @@ class DistevalSession:
                 lines += [start] if start else []
                 lines += _executor_lines(scheduler, plan.groups)
             except LayoutError as exc:
+                self.plan_failed = True
                 lines = [f"job {job.suite.path}::{job.name}  backend={job.model.backend}",
                          f"  cannot lay out: {exc}"]
             for line in lines:
@@ -188,6 +190,8 @@ class DistevalSession:
             session.exitstatus = 1 if self.doctor_failed else 0
             return
         settings = self.config.stash[SETTINGS]
+        if settings.plan_only and self.plan_failed and session.exitstatus == 0:
+            session.exitstatus = pytest.ExitCode.TESTS_FAILED  # the run would fail the job
         if settings.is_xdist_worker or settings.plan_only or self.config.option.collectonly:
             return  # the controller writes the reports, once
         self.run_report, self.written = write_reports(

@@ -92,8 +92,8 @@ def test_markdown_escapes_cells_and_shows_the_baseline_delta() -> None:
     rows = [line for line in text.splitlines() if line.startswith("| ❌")]
     assert len(rows) == 1 and "Δ -0.0900 vs 0.7000 (p=0.001)" in rows[0]
     assert "1234.50 tok/s" in text
-    # a pipe in a text would end its cell: escaped, so the row keeps its 7 cells
-    assert "2σ \\| <b>" in rows[0] and len(re.split(r"(?<!\\)\|", rows[0])) == 9
+    # a pipe in a text would end its cell: escaped, so the row keeps its 8 cells
+    assert "2σ \\| <b>" in rows[0] and len(re.split(r"(?<!\\)\|", rows[0])) == 10
     assert "regressed <script>" in text.split("```")[1]  # verbatim inside the code block
     assert text.index("### Failures") < text.index("### Items") < text.index("### Jobs")
 

@@ -142,7 +142,7 @@ def test_markdown_summary_is_written_and_appended_to_the_github_step_summary(run
     assert len(items) == 5
     assert all("FAIL" in row for row in items[:2]) and all("pass" in row for row in items[2:])
     # a pipe inside a cell would split it: metric names never do
-    assert all(row.count(" | ") == 6 for row in items)
+    assert all(row.count(" | ") == 7 for row in items)
     assert "| good | hf | tp1 pp1 dp1 | cpu |" in text
 
 

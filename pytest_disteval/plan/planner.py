@@ -188,9 +188,15 @@ def plan_job(job: EvalJob, options: GpuOptions, inv: Inventory | None,
                      "hold the group's (logical) GPUs")
     if fake:
         notes.append("fake GPU inventory: workers run on the CPU, one per group")
+    if fake and model.device == "cpu":
+        # the GPU form (parallelize=True) is what no run of this model gets: show the real one
+        notes.append("device: cpu: each worker runs the whole model on the CPU with the "
+                     "model_args below; on real GPUs this model runs on the CPU only, where "
+                     "tp and pp must be 1")
     return JobPlan(layout, groups, candidates, real,
                    backend.model_args(model.model_args, layout, real), params, memory, notes,
-                   gpu_args=None if real else backend.model_args(model.model_args, layout, True))
+                   gpu_args=None if real or model.device == "cpu"
+                   else backend.model_args(model.model_args, layout, True))
 
 
 def _check_ray_groups(groups: list[list[GPU]], inv: Inventory | None, size: int) -> None:

@@ -90,10 +90,10 @@ def models(jobs: Iterable[EvalJob], environ: Mapping[str, str]) -> list[Check]:
         done.add((model.backend, model.weights))
         name = f"model {job.suite.path}::{job.name}"
         revision = model.model_args.get("revision")
-        found = (Path(model.weights) if model.backend == "nemo_lm"
-                 and Path(model.weights).exists()
+        hub = BACKENDS[model.backend].hub_weights
+        found = (Path(model.weights) if not hub and Path(model.weights).exists()
                  else local_model_dir(model.weights, str(revision) if revision else None)
-                 if model.backend != "nemo_lm" else None)
+                 if hub else None)
         if found is not None:
             kind = "HF cache snapshot" if "snapshots" in found.parts else "local path"
             checks.append(Check(name, PASS, f"{model.weights}: {kind} {found}"))

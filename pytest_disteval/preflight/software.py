@@ -10,10 +10,6 @@ from pytest_disteval.jobs.fingerprint import package_version
 from pytest_disteval.jobs.job import EvalJob
 from pytest_disteval.preflight.check import FAIL, PASS, WARN, Check
 
-# the distribution that carries each backend's version (the module name may differ)
-BACKEND_DISTRIBUTIONS = {"hf": ("transformers", "accelerate"), "vllm": ("vllm",),
-                         "sglang": ("sglang",), "nemo_lm": ("nemo_toolkit",)}
-
 
 def backends(jobs: Iterable[EvalJob]) -> list[Check]:
     """lm-eval, then each backend the jobs use: FAIL if missing and a model requires it."""
@@ -30,7 +26,7 @@ def backends(jobs: Iterable[EvalJob]) -> list[Check]:
                                        or job.model.required)
     for name in sorted(required):
         backend = BACKENDS[name]
-        versions = ", ".join(f"{d} {package_version(d)}" for d in BACKEND_DISTRIBUTIONS[name]
+        versions = ", ".join(f"{d} {package_version(d)}" for d in backend.distributions
                              if package_version(d))
         if backend.available():
             checks.append(Check(f"backend {name}", PASS, versions or backend.module))

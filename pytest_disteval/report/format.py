@@ -10,7 +10,8 @@ from __future__ import annotations
 
 from typing import Any
 
-ITEM_HEADER = ("result", "model", "task", "metric", "value", "bound", "margin / Δ")
+# the suite last: two suites may name a model alike; the first columns stay as the terminal's
+ITEM_HEADER = ("result", "model", "task", "metric", "value", "bound", "margin / Δ", "suite")
 JOB_HEADER = ("model", "backend", "layout", "GPUs", "wall", "load", "req/s", "tok/s",
               "peak GPU mem", "host RSS", "cached")
 
@@ -21,7 +22,7 @@ def _f(value: Any, digits: int = 4) -> str | None:
 
 
 def item_cells(item: dict[str, Any]) -> tuple[str, ...]:
-    """One item as (model, task, metric, value, bound, margin or delta): ITEM_HEADER[1:]."""
+    """One item as (model, task, metric, value, bound, margin or delta, suite): ITEM_HEADER[1:]."""
     p = item["properties"]
     kind = item["kind"]
     if kind == "budget":
@@ -41,7 +42,13 @@ def item_cells(item: dict[str, Any]) -> tuple[str, ...]:
                 extra += f" (p={_f(p.get('p_value'), 3)})"
         else:
             extra = _f(p.get("margin")) or "-"
-    return (str(item.get("model") or "-"), task, metric, value, str(p.get("bound", "-")), extra)
+    return (str(item.get("model") or "-"), task, metric, value, str(p.get("bound", "-")), extra,
+            item_suite(item))
+
+
+def item_suite(item: dict[str, Any]) -> str:
+    """The suite file of an item: the first part of its node id."""
+    return str(item["nodeid"]).split("::", 1)[0]
 
 
 def verdict_line(report: dict[str, Any], *, mark: bool = True) -> str:

@@ -18,6 +18,7 @@ from pytest_disteval.report.format import (
     ITEM_HEADER,
     JOB_HEADER,
     item_cells,
+    item_suite,
     job_cells,
     verdict_line,
 )
@@ -70,12 +71,21 @@ _JS = """
 
 _BAR_W, _BAR_H = 170, 18
 _RESULT = {"passed": "pass", "failed": "FAIL", "skipped": "skip"}
-_LEGEND = ('<svg width="150" height="14" viewBox="0 0 150 14" aria-hidden="true">'
+_LEGEND = ('<svg width="{w}" height="14" viewBox="0 0 {w} 14" aria-hidden="true">'
            '<rect x="0" y="3" width="60" height="8" fill="#2e7d32" opacity="0.8"/>'
            '<path d="M50 7H70M50 3V11M70 3V11" stroke="#1d232a" fill="none"/>'
            '<line x1="95" x2="95" y1="0" y2="14" stroke="#1d232a" stroke-width="2" '
-           'stroke-dasharray="3 2"/><circle cx="125" cy="7" r="3.5" fill="#fff" '
-           'stroke="#3949ab" stroke-width="2"/></svg> ')
+           'stroke-dasharray="3 2"/>{ring}</svg> ')
+_RING = '<circle cx="125" cy="7" r="3.5" fill="#fff" stroke="#3949ab" stroke-width="2"/>'
+
+
+def _legend(report: dict[str, Any]) -> str:
+    """The bars' legend; the baseline's ring only where a bar has one."""
+    ring = any(_real(i["properties"].get("baseline_score")) is not None
+               for i in report["items"])
+    svg = _LEGEND.format(w=150 if ring else 110, ring=_RING if ring else "")
+    return (f"{svg}bar: the score (a budget: the measurement); whisker: ± one standard "
+            f"error; dashed line: the bound{'; ring: the baseline' if ring else ''}")
 
 
 def _number(text: str, unit: str | None) -> float | None:
@@ -239,15 +249,14 @@ def render(report: dict[str, Any]) -> str:
            "<h2>Items</h2>",
            '<p class="legend"><label class="toggle"><input type="checkbox" id="only-failed"> '
            "show failing items only</label><span>"
-           f"{_LEGEND}bar: the score (a budget: the measurement); whisker: ± one standard "
-           "error; dashed line: the bound; ring: the baseline</span></p>",
+           f"{_legend(report)}</span></p>",
            '<div class="scroll"><table id="items"><thead>',
            _row((*ITEM_HEADER, "score vs bound"), tag="th"), "</thead><tbody>"]
     for item in report["items"]:
         # words, not the markdown's emoji: a browser may lack an emoji font
         cells = (_RESULT.get(item["outcome"], item["outcome"]), *item_cells(item))
         outcome = escape(item["outcome"])
-        classes = [f"r-{outcome}", "", "", "", "num", "wrap", "num"]
+        classes = [f"r-{outcome}", "", "", "", "num", "wrap", "num", ""]
         tds = "".join(f'<td class="{cls}">{escape(c)}</td>'
                       for cls, c in zip(classes, cells, strict=True))
         out.append(f'<tr class="{outcome}" data-outcome="{outcome}" '
@@ -265,7 +274,7 @@ def render(report: dict[str, Any]) -> str:
         out += ["<h2>Baseline deltas</h2>", '<table id="baselines"><thead>',
                 _row(("result", "model", "task", "metric", "baseline ± stderr",
                       "score ± stderr", "Δ", "test", "p", "flips worse / better",
-                      "baseline hardware", "hardware"), tag="th"), "</thead><tbody>"]
+                      "baseline hardware", "hardware", "suite"), tag="th"), "</thead><tbody>"]
         for item in regressions:
             p = item["properties"]
 
@@ -283,7 +292,8 @@ def render(report: dict[str, Any]) -> str:
                              f"{p['p_value']:.3g}" if isinstance(p.get("p_value"), int | float)
                              else "-",
                              f"{p.get('flipped_worse', '-')} / {p.get('flipped_better', '-')}",
-                             str(p.get("baseline_hardware", "-")), str(p.get("hardware", "-"))),
+                             str(p.get("baseline_hardware", "-")), str(p.get("hardware", "-")),
+                             item_suite(item)),
                             cls=escape(item["outcome"])))
         out.append("</tbody></table>")
     out += ["<h2>Jobs</h2>", '<table id="jobs"><thead>', _row(JOB_HEADER, tag="th"),

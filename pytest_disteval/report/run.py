@@ -73,7 +73,7 @@ class RunRecorder:
         })
 
     def build(self, exit_status: int, machine_gpus: list[dict[str, Any]] | None,
-              gpu_source: str | None) -> dict[str, Any]:
+              gpu_source: str | None, store_dir: Path | None = None) -> dict[str, Any]:
         counts = {o: sum(1 for i in self.items if i["outcome"] == o)
                   for o in ("passed", "failed", "skipped")}
         # failing items first: that is what a reader looks for
@@ -96,11 +96,11 @@ class RunRecorder:
             "machine": {"host": socket.gethostname(), "platform": platform.platform(),
                         "python": sys.executable, "cpu_count": os.cpu_count(),
                         "gpu_inventory": gpu_source, "gpus": machine_gpus or []},
-            "jobs": self._jobs(),
+            "jobs": self._jobs(store_dir),
             "items": items,
         }
 
-    def _jobs(self) -> list[dict[str, Any]]:
+    def _jobs(self, store_dir: Path | None) -> list[dict[str, Any]]:
         jobs: dict[str, dict[str, Any]] = {}
         for item in self.items:
             props = item["properties"]
@@ -116,8 +116,29 @@ class RunRecorder:
                 results = read_json_object(Path(str(path)))
                 if results is not None:
                     job["results"] = results
-                    job["job"] = (results.get("config", {}).get("disteval", {}) or {}).get("job")
+                    job["job"] = ((results.get("config", {}).get("disteval", {}) or {}).get("job")
+                                  or _stored_record(store_dir, results))
         return list(jobs.values())
+
+
+def _stored_record(store_dir: Path | None, results: dict[str, Any]) -> dict[str, Any] | None:
+    """The stored record of the run that computed cached results, for a results file
+    without one: a -k run answered from the store selects fewer entries than that run
+    had, and the store keeps the record under the whole set of entries."""
+    from pytest_disteval.jobs import record as jobrecord
+
+    model_key = (results.get("config", {}).get("disteval", {}) or {}).get("model_key")
+    tasks = set(results.get("results") or {})
+    if store_dir is None or not model_key or not tasks:
+        return None
+    metas = sorted((store_dir / "jobs").glob(f"{model_key}-*.json"),
+                   key=lambda p: p.stat().st_mtime, reverse=True)  # the latest run first
+    for path in metas:
+        meta = read_json_object(path)
+        record = jobrecord.recorded(meta) if meta is not None else None
+        if record is not None and tasks <= set(record.get("tasks") or {}):
+            return record
+    return None
 
 
 def _skip_reason(report: pytest.TestReport) -> str | None:

@@ -28,7 +28,9 @@ class SummaryTable:
         self.rows.append(props)
 
     def render(self) -> list[str]:
-        header = ("model", "task", "metric", "score ± stderr", "bound", "result", "n", "seconds")
+        # the suite last, as in the markdown and HTML: the first columns stay the familiar ones
+        header = ("model", "task", "metric", "score ± stderr", "bound", "result", "n", "seconds",
+                  "suite")
         table: list[tuple[str, ...]] = []
         for row in self.rows:
             if row["kind"] == "regression":
@@ -38,7 +40,8 @@ class SummaryTable:
                               {"passed": "PASS", "failed": "FAIL", "skipped": "SKIP"}
                               [row["outcome"]], str(row.get("n_samples", "") or "-"),
                               (f"{seconds:.1f}" if isinstance(seconds, float | int) else "-")
-                              + (" (cached)" if row.get("cached") is True else "")))
+                              + (" (cached)" if row.get("cached") is True else ""),
+                              _suite(row)))
                 continue
             if row["kind"] == "threshold":
                 score = row.get("score")
@@ -66,7 +69,7 @@ class SummaryTable:
             if row.get("partial"):
                 n += " (limit)"  # a quick look (--disteval-limit or the suite's limit)
             table.append((str(row.get("model", "")), task, metric.removesuffix(",none"), value,
-                          bound, result, n, timing))
+                          bound, result, n, timing, _suite(row)))
         widths = [max(len(header[i]), *(len(r[i]) for r in table)) for i in range(len(header))]
         def line(cells: tuple[str, ...]) -> str:
             return "  ".join(c.ljust(w) for c, w in zip(cells, widths, strict=True)).rstrip()
@@ -88,6 +91,10 @@ class SummaryTable:
                          f"stderr up to {worst}; thresholds are checked within their tolerance "
                          "(2 x stderr unless the suite set one)")
         return lines
+
+
+def _suite(row: dict[str, Any]) -> str:
+    return str(row.get("nodeid", "")).split("::", 1)[0]
 
 
 def _measured(value: Any, unit: str) -> str:

@@ -22,7 +22,7 @@ def write_reports(recorder: RunRecorder, settings: Settings, scheduler: Any,
                                    or options.html_path):
         return None, []  # no suite ran (a plain test session): leave no files behind
     gpus, source = inventory_gpus(scheduler)
-    report = recorder.build(exit_status, gpus, source)
+    report = recorder.build(exit_status, gpus, source, settings.store_dir)
     written: list[tuple[str, str]] = []
     if options.json_path is not None and (recorder.items or options.json_asked):
         report_json.write(options.json_path, report)

@@ -41,18 +41,46 @@ from pytest_disteval.units import parse_duration
 SCHEMA_PATH = Path(__file__).with_name("suite.schema.json")
 
 _SUITE_MARKER = re.compile(r"^disteval[ \t]*:", re.M)
+_TOP_LEVEL_KEY = re.compile(r"^([A-Za-z_][\w-]*)[ \t]*:", re.M)
+# the metrics whose range lm-eval fixes: its registry's means of per-document 0/1 scores,
+# and Matthews' correlation; other metrics (f1, bleu, perplexity, a task's own) unchecked
+METRIC_RANGES: dict[str, tuple[float, float]] = {
+    **dict.fromkeys(("acc", "acc_norm", "acc_mutual_info", "acc_bytes", "acc_all",
+                     "exact_match"), (0.0, 1.0)),
+    "mcc": (-1.0, 1.0),
+}
 _NAME_OK = re.compile(r"^[A-Za-z0-9_.+-]+$")
 
 
 def is_suite(path: Path) -> bool:
-    """True when ``path`` is a YAML file with a top-level ``disteval:`` key."""
+    """True when ``path`` is a YAML file with a top-level ``disteval:`` key, or one that
+    looks like a suite without it (see ``looks_like_a_suite``): parsing that one reports
+    the missing marker, where skipping it would pass a gate that checked nothing."""
     if path.suffix not in {".yaml", ".yml"}:
         return False
     try:
         with path.open("r", encoding="utf-8", errors="replace") as handle:
-            return bool(_SUITE_MARKER.search(handle.read(1 << 16)))
+            text = handle.read(1 << 16)
     except OSError:
         return False
+    return bool(_SUITE_MARKER.search(text)) or looks_like_a_suite(text)
+
+
+def looks_like_a_suite(text: str) -> bool:
+    """Top-level ``models:`` and ``tasks:``, or ``models:`` and a near miss of ``disteval``
+    (``diseval: 1``): no lm-eval task or group file, nor a CI config, has those."""
+    keys = set(_TOP_LEVEL_KEY.findall(text))
+    return "models" in keys and (
+        "tasks" in keys or bool(difflib.get_close_matches("disteval", keys, n=1, cutoff=0.75)))
+
+
+def not_a_suite(text: str) -> str:
+    """Why a YAML file named on the command line is not collected, for its error."""
+    keys = set(_TOP_LEVEL_KEY.findall(text))
+    what = ("an lm-eval task file: name its task in a suite's 'tasks' and the suite's "
+            "'include' its directory" if "task" in keys
+            else "not a disteval suite")
+    return f"{what}; a suite file has a top-level 'disteval: 1' (the format version) and 'models'"
 
 
 @cache
@@ -124,9 +152,17 @@ def parse_suite(text: str, path: Path, root: Path | None = None, *,
     problems = _Problems(shown)
     if not isinstance(data, yamlpos.PosDict):
         raise SuiteError(shown, [(1, "", "a suite is a mapping with keys 'disteval' and 'models'")])
+    if "disteval" not in data and not looks_like_a_suite(text):
+        raise SuiteError(shown, [(1, "", not_a_suite(text))])
     problems.unknown_keys(data, _keys("suite"), "")
     version = data.get("disteval")
-    if version != FORMAT_VERSION:
+    if "disteval" not in data:
+        # beside a misspelling of it, where there is one: the two messages read together
+        near = difflib.get_close_matches("disteval", [str(k) for k in data], n=1, cutoff=0.75)
+        problems.add(data.line_of(near[0]) if near else 1, "disteval",
+                     "missing: a suite says 'disteval: 1' (the format version) at its top "
+                     "level; without it the file is not a suite and nothing in it is checked")
+    elif version != FORMAT_VERSION:
         problems.add(data.line_of("disteval"), "disteval",
                      f"format version {version!r} is not supported; write 'disteval: 1'")
     suite_dir = path.parent.resolve()
@@ -535,4 +571,16 @@ def _threshold(metric: str, spec: Any, where: str, line: int, known: dict[str, b
     if known is not None and not given and not known[key]:
         lo, hi = None, lo  # shorthand on a lower-is-better metric is a maximum
         given = True
+    name = key.split(",", 1)[0]
+    span = METRIC_RANGES.get(name)
+    if span is not None:
+        for side, value in (("min", lo), ("max", hi)):
+            if value is not None and not span[0] <= value <= span[1]:
+                at = spec.line_of(side) if isinstance(spec, yamlpos.PosDict) else line
+                never = "pass" if (value > span[1]) == (side == "min") else "fail"
+                percent = (f"; for {value:g}% write {value / 100:g}"
+                           if side == "min" and span == (0.0, 1.0) and 1 < value <= 100 else "")
+                problems.add(at, where, f"{side} {value:g} is outside the range of {name}, "
+                             f"[{span[0]:g}, {span[1]:g}]: the item could never {never}{percent}")
+                return None
     return Threshold(key, metric, lo, hi, tolerance, given, Loc(shown, line))

@@ -1,3 +1,0 @@
-"""Project-level test wiring: pytester for black-box runs of the plugin."""
-
-pytest_plugins = ["pytester"]
