@@ -12,7 +12,17 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
-from pytest_disteval.executors.local import WorkerRun
+
+@dataclass
+class WorkerRun:
+    """What became of one worker: its exit code (None: killed), wall time and log."""
+
+    command: list[str]
+    returncode: int | None
+    wall_s: float
+    timed_out: bool
+    log_path: Path
+    forked: bool = False  # forked from the forkserver rather than started as a subprocess
 
 
 @dataclass

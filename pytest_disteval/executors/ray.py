@@ -27,8 +27,8 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-from pytest_disteval.executors.base import WorkerTask
-from pytest_disteval.executors.local import WorkerRun, kill_all
+from pytest_disteval.executors.base import WorkerRun, WorkerTask
+from pytest_disteval.executors.local import kill_all
 from pytest_disteval.executors.ray_actor import read_rows, write_rows
 from pytest_disteval.gpu.inventory import GPU, NoGPUError
 from pytest_disteval.store.results import write_json_atomic

@@ -24,9 +24,9 @@ import filelock
 
 from pytest_disteval import __version__
 from pytest_disteval.backends import BACKENDS, Backend
-from pytest_disteval.executors.base import Executor, WorkerTask
+from pytest_disteval.executors.base import Executor, WorkerRun, WorkerTask
 from pytest_disteval.executors.forkserver import COMMON_PRELOAD
-from pytest_disteval.executors.local import LocalExecutor, WorkerRun, kill_all, log_tail
+from pytest_disteval.executors.local import LocalExecutor, kill_all, log_tail
 from pytest_disteval.gpu.inventory import GPU, Inventory, NoGPUError
 from pytest_disteval.gpu.lease import Lease, LeaseManager, LeaseTimeout
 from pytest_disteval.gpu.monitor import GpuSampler
