@@ -12,6 +12,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
+from pytest_disteval.worker.spec import WorkerSpec
+
 
 @dataclass
 class WorkerRun:
@@ -33,7 +35,7 @@ class WorkerTask:
     env: dict[str, str]  # the full environment a local subprocess gets
     log_path: Path
     timeout: float | None
-    spec: dict[str, Any]
+    spec: WorkerSpec
     spec_path: Path  # already written; a remote executor ships ``spec`` itself
     name: str  # unique per worker in the session: logs, actors
     group_size: int = 0  # GPUs the worker needs; 0 on the CPU

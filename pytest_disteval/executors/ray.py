@@ -16,6 +16,7 @@ is not redone.
 
 from __future__ import annotations
 
+import dataclasses
 import importlib.util
 import json
 import os
@@ -220,13 +221,13 @@ class RayExecutor:
         for extra in ("WorkerCrashedError", "NodeDiedError", "ActorUnavailableError"):
             if hasattr(ray.exceptions, extra):
                 lost_errors += (getattr(ray.exceptions, extra),)
-        spec = dict(task.spec)
+        spec = task.spec
         chunk = os.environ.get("DISTEVAL_CHUNK_SIZE")
-        if chunk and chunk.isdigit():
+        if chunk and chunk.isdigit() and spec.chunk_size is None:
             # requests per store commit, so per streamed batch too: the resume granularity
-            spec.setdefault("chunk_size", int(chunk))
-        store = Path(spec["responses"]) if spec.get("responses") else None
-        run_dir = Path(spec.get("run_dir") or Path(spec["meta_path"]).parent)
+            spec = dataclasses.replace(spec, chunk_size=int(chunk))
+        store = spec.responses
+        run_dir = spec.directory
         # what the scheduler set for the worker, not this host's whole environment
         env = {k: v for k, v in task.env.items() if k not in _HOST_ONLY
                and (os.environ.get(k) != v or k in _WORKER_VARS or k.startswith("DISTEVAL_"))}
@@ -254,7 +255,7 @@ class RayExecutor:
                               f"({where['node_id'][:12]}), GPU ids {where['gpu_ids']}, "
                               f"CUDA_VISIBLE_DEVICES={where['cuda_visible_devices']}\n")
                     log.flush()
-                    seed = read_rows(store, spec["model_key"])[0] if store else []
+                    seed = read_rows(store, spec.model_key)[0] if store else []
                     # an actor holding GPUs samples them beside its worker (NVML runs on
                     # that node only); the timeline comes back with the result
                     stream = actor.run.options(num_returns="streaming").remote(
@@ -263,7 +264,7 @@ class RayExecutor:
                     for ref in stream:
                         message = ray.get(ref)
                         if message.get("rows") and store is not None:
-                            streamed += write_rows(store, spec["model_key"], message["rows"])
+                            streamed += write_rows(store, spec.model_key, message["rows"])
                         if message.get("log"):
                             log.write(message["log"])
                             log.flush()
@@ -355,7 +356,7 @@ class RayExecutor:
     def _failed(self, task: WorkerTask, message: str, run_dir: Path, started: float,
                 timed_out: bool = False) -> WorkerRun:
         if not timed_out:
-            write_json_atomic(Path(task.spec["error_path"]), {"message": message})
+            write_json_atomic(task.spec.error_path, {"message": message})
         return WorkerRun(task.command, None if timed_out else 1,
                          time.perf_counter() - started, timed_out, task.log_path)
 

@@ -15,7 +15,7 @@ import threading
 import time
 from collections.abc import Iterable
 from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
@@ -39,6 +39,13 @@ from pytest_disteval.plan.planner import JobPlan
 from pytest_disteval.settings import Settings
 from pytest_disteval.store.results import ResultStore, merge_entries, write_json_atomic
 from pytest_disteval.suite.model import TaskEntry
+from pytest_disteval.worker.spec import (
+    EXIT_BAD_REQUEST,
+    EntrySpec,
+    RunSpec,
+    ShardSpec,
+    WorkerSpec,
+)
 
 # set in every worker: a quality gate must not depend on what a hub serves today
 OFFLINE_ENV = {
@@ -49,7 +56,6 @@ OFFLINE_ENV = {
     "TOKENIZERS_PARALLELISM": "false",
     "PYTHONUNBUFFERED": "1",
 }
-EXIT_BAD_REQUEST = 3  # worker.EXIT_BAD_REQUEST, not imported: worker imports lm-eval lazily
 
 
 @dataclass
@@ -287,7 +293,7 @@ class JobScheduler:
                 group = list(lease.gpus) if lease else []
                 # only the group's variables: the worker's own environment must win
                 run = self._replica(job, plan, group, lease.env({}) if lease else {},
-                                    dict(spec, mode="direct"), run_dir / "spec.json",
+                                    spec, run_dir / "spec.json",
                                     f"{job.name}-{job.job_id[:8]}", timeout)
             finally:
                 if lease is not None:
@@ -323,11 +329,11 @@ class JobScheduler:
             return lease.env({}) if lease else {}
 
         def shard(index: int, group: list[GPU], attempt: int) -> None:
-            shard_spec = dict(spec, mode="shard", responses=str(responses),
-                              shard={"index": index, "count": len(plan.groups)},
-                              error_path=str(run_dir / f"error-{index}.json"),
-                              meta_path=str(run_dir / f"meta-shard{index}.json"),
-                              run_dir=str(run_dir))
+            shard_spec = replace(spec, mode="shard", responses=responses,
+                                 shard=ShardSpec(index, len(plan.groups)),
+                                 error_path=run_dir / f"error-{index}.json",
+                                 meta_path=run_dir / f"meta-shard{index}.json",
+                                 run_dir=run_dir)
             name = f"{job.name}-{job.job_id[:8]}-shard{index}" + (f"-retry{attempt}"
                                                                     if attempt else "")
             runs[index] = self._replica(job, plan, group, env_of(group), shard_spec,
@@ -340,8 +346,8 @@ class JobScheduler:
 
         def start_scorer() -> None:
             score_runs.append(self._replica(
-                job, plan, [], {}, dict(spec, mode="score", responses=str(responses),
-                                        wait_for=str(go), session_pid=os.getpid()),
+                job, plan, [], {}, replace(spec, mode="score", responses=responses,
+                                          wait_for=go, session_pid=os.getpid()),
                 run_dir / "spec-score.json", f"{job.name}-{job.job_id[:8]}-score", timeout))
 
         scorer = threading.Thread(target=start_scorer, daemon=True)
@@ -384,33 +390,33 @@ class JobScheduler:
         return score, self._failure(job, score, run_dir / "error.json", timeout)
 
     def _replica(self, job: EvalJob, plan: JobPlan, group: list[GPU], group_env: dict[str, str],
-                 spec: dict[str, Any], spec_path: Path, name: str,
+                 spec: WorkerSpec, spec_path: Path, name: str,
                  timeout: float | None) -> WorkerRun:
         """Start one worker on ``group`` (already leased by the caller) and wait for it."""
         backend = BACKENDS[job.model.backend]
         if group and plan.on_gpu:
-            spec["device"] = spec.get("device") or "cuda"
-        write_json_atomic(spec_path, spec)
-        layout = plan.layout if spec.get("mode") != "score" else Layout()
+            spec = replace(spec, device=spec.device or "cuda")
+        write_json_atomic(spec_path, spec.to_dict())
+        layout = plan.layout if spec.mode != "score" else Layout()
         command = [*backend.launch(self.settings.python, layout), str(spec_path)]
         log_path = self.settings.logs_dir / f"{name}.log"
         env = _backend_env(backend, group_env)
         replicas = len(plan.groups)
-        if replicas > 1 and spec.get("mode") == "shard":
+        if replicas > 1 and spec.mode == "shard":
             # replicas share the host's cores (packed on a GPU, or on the CPU): without
             # this each starts one thread per core and they fight over them
             env.setdefault("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // replicas)))
-        record = {"job": job_key(job), "worker": name, "mode": spec.get("mode"),
+        record = {"job": job_key(job), "worker": name, "mode": spec.mode,
                   "gpus": [g.index for g in group], "session_pid": os.getpid()}
         self._audit({"event": "start", **record})
-        if group and spec.get("mode") != "score":
+        if group and spec.mode != "score":
             with self._alloc:  # shard threads append side by side
                 self._used.setdefault(job_key(job), []).append(group)
         # the scoring worker loads no model: it runs here, beside the session's store
-        executor = self.executor if spec.get("mode") != "score" else self._local
+        executor = self.executor if spec.mode != "score" else self._local
         task = WorkerTask(command, env, log_path, timeout, spec, spec_path, name, len(group))
         # what a forked worker's server must have imported (None: never forked)
-        task.extra["preload"] = self._preload(backend, spec.get("mode"))
+        task.extra["preload"] = self._preload(backend, spec.mode)
         if group and plan.on_gpu and not executor.remote:
             # NVML beside the worker: the group's timeline, kept in the run directory,
             # where the job record (jobrecord.gpu_section) reads every figure from. A
@@ -592,36 +598,25 @@ class JobScheduler:
         return plan
 
     def worker_spec(self, job: EvalJob, todo: list[TaskEntry], keys: dict[str, str],
-                    run_dir: Path, plan: JobPlan) -> dict[str, Any]:
-        runs: dict[str, dict[str, Any]] = {}
+                    run_dir: Path, plan: JobPlan) -> WorkerSpec:
+        """The direct worker's spec; a shard's and the scorer's replace a few fields."""
+        runs: dict[str, tuple[dict[str, Any], list[EntrySpec]]] = {}
         for entry in todo:
             # one simple_evaluate call per distinct settings: lm-eval takes them per call
             settings = entry.settings()
-            run = runs.setdefault(digest(settings), {"settings": settings, "entries": []})
-            run["entries"].append({
-                "name": entry.name,
-                "task": entry.task,
-                "entry_key": keys[entry.name],
-                "path": str(self.store.path(job.model_key, keys[entry.name])),
-            })
+            runs.setdefault(digest(settings), (settings, []))[1].append(EntrySpec(
+                task=entry.task, entry_key=keys[entry.name],
+                path=self.store.path(job.model_key, keys[entry.name]), name=entry.name))
         model = job.model
         backend = BACKENDS[model.backend]
-        return {
-            "backend": model.backend,
-            "lm_eval_model": backend.lm_eval_model,
-            "install_hint": backend.install_hint,
-            "model_args": plan.model_args,
-            "batch_size": model.batch_size,
-            "device": model.device,
-            "gen_kwargs": model.gen_kwargs,
-            "include_paths": [str(p) for p in job.suite.include_paths],
-            "workdir": str(job.suite.workdir),
-            "all_local": all(_is_local(job, e) for e in todo),
-            "model_key": job.model_key,
-            "runs": list(runs.values()),
-            "error_path": str(run_dir / "error.json"),
-            "meta_path": str(run_dir / "meta.json"),
-        }
+        return WorkerSpec(
+            backend=model.backend, lm_eval_model=backend.lm_eval_model,
+            install_hint=backend.install_hint, model_args=plan.model_args,
+            batch_size=model.batch_size, device=model.device, gen_kwargs=model.gen_kwargs,
+            include_paths=tuple(job.suite.include_paths), workdir=job.suite.workdir,
+            all_local=all(_is_local(job, e) for e in todo), model_key=job.model_key,
+            runs=tuple(RunSpec(settings, tuple(entries)) for settings, entries in runs.values()),
+            error_path=run_dir / "error.json", meta_path=run_dir / "meta.json")
 
     def _write_results(self, job: EvalJob, entries: dict[str, dict[str, Any]],
                        record: dict[str, Any] | None = None) -> Path:
