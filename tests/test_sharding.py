@@ -140,7 +140,7 @@ with open(out, "w") as handle:
 """
 
 # the worker's "score" mode for several specs, one process (imports paid once)
-SCORE = ("import sys; from pytest_disteval.worker import main; "
+SCORE = ("import sys; from pytest_disteval.worker.main import main; "
          "sys.exit(max([main([spec]) for spec in sys.argv[1:]]))")
 
 
