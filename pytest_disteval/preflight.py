@@ -26,7 +26,8 @@ from pytest_disteval.backends import BACKENDS
 from pytest_disteval.gpu.inventory import GPU, Inventory, NoGPUError, _import_pynvml, _text
 from pytest_disteval.jobs.fingerprint import package_version
 from pytest_disteval.jobs.job import EvalJob, missing_data_files
-from pytest_disteval.jobs.scheduler import OFFLINE_ENV, JobScheduler, job_key, worker_env
+from pytest_disteval.jobs.launch import OFFLINE_ENV, worker_env
+from pytest_disteval.jobs.scheduler import JobScheduler
 from pytest_disteval.plan.layout import LayoutError
 from pytest_disteval.plan.planner import JobPlan, granted_gpus
 from pytest_disteval.plan.sizing import local_model_dir
@@ -248,9 +249,9 @@ class Doctor:
             pass  # each job's plan says why
         for job in self._jobs():
             try:
-                out[job_key(job)] = self.scheduler.plan(job)
+                out[job.key] = self.scheduler.plan(job)
             except LayoutError as exc:
-                out[job_key(job)] = exc
+                out[job.key] = exc
         return out
 
     def _plan_checks(self, plans: Mapping[str, JobPlan | LayoutError]) -> list[Check]:

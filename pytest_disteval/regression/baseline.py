@@ -40,7 +40,7 @@ from pytest_disteval.store.samples import read_samples
 
 if TYPE_CHECKING:
     from pytest_disteval.items.nodes import DistevalItem
-    from pytest_disteval.jobs.scheduler import JobOutcome
+    from pytest_disteval.jobs.outcome import JobOutcome
 
 BASELINE_FORMAT = 1
 WORKER_KEY = "disteval_baseline"  # the records' key in xdist's workeroutput
