@@ -34,13 +34,10 @@ from pathlib import Path
 from typing import Any
 
 from pytest_disteval.gpu.monitor import cuda_visible_sampler
+from pytest_disteval.store.responses import RESPONSES_DDL
 from pytest_disteval.worker.spec import WorkerSpec
 
-# the schema of sharding.ResponseStore (that module imports lm-eval): rows are copied
-# as stored, the response as its JSON text
-RESPONSES_DDL = ("CREATE TABLE IF NOT EXISTS responses (model_key TEXT NOT NULL, "
-                 "kind TEXT NOT NULL, request_hash TEXT NOT NULL, response TEXT NOT NULL, "
-                 "PRIMARY KEY (model_key, kind, request_hash))")
+# rows are copied as the response store (store/responses.py) holds them
 Row = tuple[str, str, str]  # kind, request hash, response (JSON text)
 
 TERM_GRACE_S = 5.0

@@ -22,7 +22,7 @@ Out of memory: where the backend's batch size is a number (hf), a run that runs
 out of GPU memory is retried in the same process at half the batch size, down to
 1, each retry logged and recorded in ``meta.json``; past that, or on a backend
 that sizes its own batches (vllm), the worker stops with a message that says
-what to change. It never waits on a wedged GPU.
+what to change (worker/faults.py). It never waits on a wedged GPU.
 
 Exit codes (worker/spec.py): 0 done; 3 bad request (a bad spec, unknown task,
 missing backend, out of memory at the smallest batch), written to the spec's
@@ -43,78 +43,23 @@ from typing import Any
 
 from pytest_disteval.store.results import slice_task, write_json_atomic
 from pytest_disteval.worker.counting import RequestCounter, host_peak_rss_bytes, leaf_map
+from pytest_disteval.worker.faults import (
+    halve_batch,
+    inject_oom,
+    injected_fault,
+    is_oom,
+    slowed,
+)
 from pytest_disteval.worker.spec import (
     EXIT_BAD_REQUEST,
     EXIT_CRASH,
     EXIT_OK,
     EXIT_USAGE,
+    BadRequest,
     EntrySpec,
     SpecError,
     WorkerSpec,
 )
-
-
-class BadRequest(Exception):
-    """A problem the user fixes in the suite, not a crash."""
-
-
-def is_oom(exc: BaseException) -> bool:
-    """torch's OutOfMemoryError, or the RuntimeError older torch and some kernels raise."""
-    text = str(exc).lower()
-    return (type(exc).__name__ == "OutOfMemoryError"
-            or ("out of memory" in text and ("cuda" in text or "hip" in text)))
-
-
-def _real_lm(lm: Any) -> Any:
-    return getattr(lm, "lm", lm)  # a ShardLM wraps the backend's LM
-
-
-def _halve_batch(lm: Any, exc: BaseException, log: list[dict[str, Any]]) -> None:
-    """After an OOM: halve the backend's batch size for a retry, or raise BadRequest."""
-    real = _real_lm(lm)
-    size = getattr(real, "batch_size_per_gpu", None)  # lm-eval's HFLM; "auto" sizes itself
-    if type(size) is int and size > 1:
-        real.batch_size_per_gpu = size // 2
-        log.append({"from": size, "to": size // 2})
-        print(f"[disteval] out of memory at batch size {size}; retrying at {size // 2}",
-              flush=True)
-        try:
-            import torch
-
-            torch.cuda.empty_cache()  # the failed batch's blocks go back before the retry
-        except Exception:
-            pass
-        return
-    first = str(exc).splitlines()[0][:300] if str(exc) else type(exc).__name__
-    if type(size) is int:
-        what = ("out of GPU memory at batch size 1: one request does not fit beside the "
-                "model; use a larger tp (or pp), a smaller dtype, or a shorter max_length")
-    else:
-        what = ("out of GPU memory, and this backend sizes its own batches; lower "
-                "gpu_memory_utilization or max_model_len in model_args, or use a larger tp")
-    tried = ", ".join(str(r["to"]) for r in log)
-    raise BadRequest(f"{what} ({first})" + (f"; retried at batch size {tried}" if tried else ""))
-
-
-def _inject_oom(lm: Any) -> None:
-    """``DISTEVAL_FAULT=oom:N`` (or ``oom:always``) makes model calls of more than N rows
-    raise torch's OutOfMemoryError: how the retry is tested where no GPU can run out."""
-    fault = os.environ.get("DISTEVAL_FAULT", "")
-    if not fault.startswith("oom:"):
-        return
-    import torch
-
-    limit = 0 if fault == "oom:always" else int(fault.split(":", 1)[1])
-    real = _real_lm(lm)
-    model_call = real._model_call
-
-    def call(inps: Any, *args: Any, **kwargs: Any) -> Any:
-        if inps.shape[0] > limit:
-            raise torch.OutOfMemoryError(f"CUDA out of memory. Tried to allocate a batch of "
-                                         f"{inps.shape[0]} (injected by DISTEVAL_FAULT={fault})")
-        return model_call(inps, *args, **kwargs)
-
-    real._model_call = call
 
 
 def _check_tasks(task_manager: Any, tasks: list[str]) -> None:
@@ -137,36 +82,6 @@ def _load_model(spec: WorkerSpec) -> Any:
                          f"install it with: {spec.install_hint}") from exc
     extra = {"batch_size": spec.batch_size, "max_batch_size": None, "device": spec.device}
     return cls.create_from_arg_obj(dict(spec.model_args), extra)
-
-
-def _injected_fault(index: int, run_dir: Path) -> None:
-    """``DISTEVAL_FAULT=shard<i>:once|always`` makes shard i crash: how retries are tested.
-
-    ``shard<i>:slow`` makes it slow instead (see _slowed): how a kill mid-shard is tested.
-    """
-    fault = os.environ.get("DISTEVAL_FAULT", "")
-    name, _, how = fault.partition(":")
-    if name != f"shard{index}" or how == "slow":
-        return
-    marker = run_dir / f"fault-shard{index}"
-    if how == "always" or not marker.exists():
-        marker.touch()
-        raise RuntimeError(f"fault injected by DISTEVAL_FAULT={fault}")
-
-
-def _slowed(lm: Any, index: int) -> Any:
-    """With ``DISTEVAL_FAULT=shard<i>:slow``, each call of shard i's model takes 0.25 s more."""
-    if os.environ.get("DISTEVAL_FAULT") != f"shard{index}:slow":
-        return lm
-    for kind in ("loglikelihood", "loglikelihood_rolling", "generate_until"):
-        real = getattr(lm, kind)
-
-        def slow(requests: Any, real: Any = real) -> Any:
-            time.sleep(0.25)
-            return real(requests)
-
-        setattr(lm, kind, slow)
-    return lm
 
 
 def _session_gone(pid: int | None) -> bool:
@@ -240,20 +155,16 @@ def run(spec: WorkerSpec) -> dict[str, Any]:
         lm = real_lm = counter.install(_load_model(spec))
         _count_progress(lm, spec)
     else:
-        from pytest_disteval.worker.sharding import (
-            DEFAULT_CHUNK_SIZE,
-            ReplayLM,
-            ResponseStore,
-            ShardLM,
-        )
+        from pytest_disteval.store.responses import ResponseStore
+        from pytest_disteval.worker.sharding import DEFAULT_CHUNK_SIZE, ReplayLM, ShardLM
 
         assert spec.responses is not None  # the spec checked it: shard and score need one
         store = ResponseStore(spec.responses)
         if mode == "shard":
             assert spec.shard is not None  # WorkerSpec.from_dict checked it
             index, count = spec.shard.index, spec.shard.count
-            _injected_fault(index, spec.directory)
-            real_lm = counter.install(_slowed(_load_model(spec), index))
+            injected_fault(index, spec.directory)
+            real_lm = counter.install(slowed(_load_model(spec), index))
             lm = ShardLM(_count_progress(real_lm, spec), store, spec.model_key, index, count,
                          chunk_size=spec.chunk_size or DEFAULT_CHUNK_SIZE,
                          log=lambda message: print(message, flush=True))
@@ -275,7 +186,7 @@ def run(spec: WorkerSpec) -> dict[str, Any]:
     if mode == "direct":
         speedups.start_env_probe()
     if mode != "score":
-        _inject_oom(lm)
+        inject_oom(lm)
         if os.environ.get("DISTEVAL_FAULT") == "hang":
             # a wedged worker with its model loaded: how the job timeout is tested on a GPU
             print("[disteval] hanging (DISTEVAL_FAULT=hang)", flush=True)
@@ -315,7 +226,7 @@ def run(spec: WorkerSpec) -> dict[str, Any]:
                     if mode == "score" or not is_oom(exc):
                         raise
                     # the same model, a smaller batch; a shard keeps what it stored
-                    _halve_batch(lm, exc, timing["oom_retries"])
+                    halve_batch(lm, exc, timing["oom_retries"])
             seconds = time.perf_counter() - t0
             timing["runs"].append({"tasks": tasks, "eval_s": seconds})
             if real_lm is not None and results is not None:

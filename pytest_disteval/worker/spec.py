@@ -26,7 +26,11 @@ EXIT_BAD_REQUEST = 3  # a problem the user fixes in the suite; the message is in
 MODES = ("direct", "shard", "score")
 
 
-class SpecError(ValueError):
+class BadRequest(Exception):
+    """A problem the user fixes in the suite, not a crash: the worker exits EXIT_BAD_REQUEST."""
+
+
+class SpecError(BadRequest, ValueError):
     """A spec the worker cannot run: its message says which key and what is valid."""
 
 
