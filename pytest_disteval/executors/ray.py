@@ -316,42 +316,10 @@ class RayExecutor:
             # budgets and the reports read it unchanged. A replacement actor's timeline
             # covers its own run only: a lost actor's samples never came back
             write_json_atomic(run_dir / f"gpu-{task.name}.json",
-                              self._cluster_timeline(message["gpu"], where))
+                              cluster_timeline(message["gpu"], where,
+                                               self.inventory().nodes))
         return WorkerRun(message["argv"], message["returncode"], wall_s,
                          bool(message["timed_out"]), task.log_path)
-
-    def _cluster_timeline(self, timeline: dict[str, Any], where: dict[str, Any]) -> dict[str, Any]:
-        """An actor's timeline, its node's NVML indices renumbered cluster-wide.
-
-        gpu_section pools samples by GPU number (packed replicas share a GPU), so GPU 0
-        of two nodes must not be one number. A GPU becomes its node's offset in the
-        inventory (the GPU counts of the nodes before it) plus its NVML index: on one
-        node, the NVML index itself (what nvidia-smi shows); across nodes, the
-        inventory's own numbering where each node's Ray counts all its GPUs (`ray
-        start`'s default). The node and each number's NVML index are kept beside.
-        """
-        offset = 0
-        for node in self.inventory().nodes:
-            if node["node_id"] == where.get("node_id"):
-                break
-            offset += int(node["gpus"])
-        # (a node that joined after the inventory was read lands past every known GPU)
-        renumbered = {str(offset + int(i)): g for i, g in (timeline.get("gpus") or {}).items()}
-        out = {k: v for k, v in timeline.items()
-               if k not in ("gpus", "cuda_visible_devices", "cuda_device_order")}
-        if out.get("unavailable"):
-            # the sampler's reason, and the node it ran on: a cluster may mix nodes
-            out["unavailable"] = f"{out['unavailable']} on Ray node {where.get('node_ip')}"
-        out["gpus"] = renumbered
-        out["ray"] = {"node_id": where.get("node_id"), "node_ip": where.get("node_ip"),
-                      "actor_pid": where.get("pid"),
-                      "cuda_visible_devices": timeline.get("cuda_visible_devices"),
-                      "cuda_device_order": timeline.get("cuda_device_order"),
-                      # only samples prove a mapping: without, the keys are Ray's ids
-                      "nvml_index": {k: int(i) for k, i in zip(
-                          renumbered, (timeline.get("gpus") or {}), strict=True)}
-                      if timeline.get("t") else None}
-        return out
 
     def _failed(self, task: WorkerTask, message: str, run_dir: Path, started: float,
                 timed_out: bool = False) -> WorkerRun:
@@ -393,3 +361,38 @@ class RayExecutor:
         self.kill_all()
         if self._ray is not None:
             self._ray.shutdown()
+
+
+def cluster_timeline(timeline: dict[str, Any], where: dict[str, Any],
+                     nodes: list[dict[str, Any]]) -> dict[str, Any]:
+    """An actor's timeline, its node's NVML indices renumbered cluster-wide.
+
+    gpu_section pools samples by GPU number (packed replicas share a GPU), so GPU 0
+    of two nodes must not be one number. A GPU becomes its node's offset in the
+    inventory (the GPU counts of the nodes before it) plus its NVML index: on one
+    node, the NVML index itself (what nvidia-smi shows); across nodes, the
+    inventory's own numbering where each node's Ray counts all its GPUs (`ray
+    start`'s default). The node and each number's NVML index are kept beside.
+    """
+    offset = 0
+    for node in nodes:
+        if node["node_id"] == where.get("node_id"):
+            break
+        offset += int(node["gpus"])
+    # (a node that joined after the inventory was read lands past every known GPU)
+    renumbered = {str(offset + int(i)): g for i, g in (timeline.get("gpus") or {}).items()}
+    out = {k: v for k, v in timeline.items()
+           if k not in ("gpus", "cuda_visible_devices", "cuda_device_order")}
+    if out.get("unavailable"):
+        # the sampler's reason, and the node it ran on: a cluster may mix nodes
+        out["unavailable"] = f"{out['unavailable']} on Ray node {where.get('node_ip')}"
+    out["gpus"] = renumbered
+    out["ray"] = {"node_id": where.get("node_id"), "node_ip": where.get("node_ip"),
+                  "actor_pid": where.get("pid"),
+                  "cuda_visible_devices": timeline.get("cuda_visible_devices"),
+                  "cuda_device_order": timeline.get("cuda_device_order"),
+                  # only samples prove a mapping: without, the keys are Ray's ids
+                  "nvml_index": {k: int(i) for k, i in zip(
+                      renumbered, (timeline.get("gpus") or {}), strict=True)}
+                  if timeline.get("t") else None}
+    return out
