@@ -48,7 +48,7 @@ MODEL_NAME = "tiny-arith"  # the model's name in smoke.yaml
 
 # what the plugin sets in its workers; every timed process gets it, so lm-eval runs
 # under the same conditions
-from pytest_disteval.jobs.scheduler import OFFLINE_ENV  # noqa: E402
+from pytest_disteval.jobs.launch import OFFLINE_ENV  # noqa: E402
 
 # `python -c` prefix for lm_eval_noidx: the lm_eval CLI, unchanged, except that every
 # TaskManager it builds skips lm-eval's built-in task directory

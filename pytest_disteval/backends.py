@@ -2,7 +2,7 @@
 
 This is the one place for them: the names suites may write and the model_args key
 naming the weights (suite/model.py reads them), the distributions whose versions
-key the results (jobs/job.py) and that the doctor shows (preflight.py). Imported at
+key the results (jobs/job.py) and that the doctor shows (preflight/software.py). Imported at
 collection: no torch, no lm-eval here.
 
 Parallel math inside a group is the backend's: HF spreads a model over the

@@ -15,7 +15,8 @@ from pytest_disteval.gpu.inventory import GPU, make_groups
 from pytest_disteval.gpu.lease import Lease
 from pytest_disteval.items.thresholds import Score, read_score
 from pytest_disteval.jobs.job import EvalJob
-from pytest_disteval.jobs.scheduler import JobOutcome, JobScheduler
+from pytest_disteval.jobs.outcome import JobOutcome
+from pytest_disteval.jobs.scheduler import JobScheduler
 from pytest_disteval.plan.planner import granted_gpus
 from pytest_disteval.state import SCHEDULER
 from pytest_disteval.suite import overrides

@@ -16,7 +16,7 @@ import pytest
 
 if TYPE_CHECKING:
     from pytest_disteval.items.nodes import DistevalItem, TaskNode
-    from pytest_disteval.jobs.scheduler import JobOutcome
+    from pytest_disteval.jobs.outcome import JobOutcome
     from pytest_disteval.suite.model import TaskEntry
 
 

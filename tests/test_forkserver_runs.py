@@ -32,12 +32,12 @@ def test_auto_and_forkserver_fork_hf_and_scoring_workers_on_cpu_and_gpu_alike() 
 
     from pytest_disteval.backends import BACKENDS
     from pytest_disteval.executors.forkserver import COMMON_PRELOAD
-    from pytest_disteval.jobs.scheduler import JobScheduler
+    from pytest_disteval.jobs.launch import Launcher
 
     def preload(start: str, backend: str = "hf", mode: str = "direct") -> object:
         # no plan is passed: where the job runs (CPU or GPU) does not decide it
-        scheduler = SimpleNamespace(settings=SimpleNamespace(worker_start=start))
-        return JobScheduler._preload(scheduler, BACKENDS[backend], mode)  # type: ignore
+        launcher = SimpleNamespace(settings=SimpleNamespace(worker_start=start))
+        return Launcher.preload(launcher, BACKENDS[backend], mode)  # type: ignore
 
     assert preload("auto") == BACKENDS["hf"].preload  # GPU jobs fork too
     assert preload("forkserver") == BACKENDS["hf"].preload

@@ -256,6 +256,7 @@ def test_an_actor_samples_the_gpus_ray_gave_it_over_nvml(
     from ray import cloudpickle
 
     from pytest_disteval.executors.ray_actor import GroupActor
+    from pytest_disteval.worker.spec import WorkerSpec
 
     import fakenvml
 
@@ -274,7 +275,7 @@ def test_an_actor_samples_the_gpus_ray_gave_it_over_nvml(
             nvml=fakenvml.FakeNvml({i: [10 * (i + 1)] for i in range(4)}))
         where = ray.get(actor.where.remote(), timeout=120)
         assert not set(taken) & set(where["gpu_ids"])
-        spec = {"model_key": "m", "error_path": "/x/error.json", "meta_path": "/x/meta.json"}
+        spec = WorkerSpec(Path("/x/error.json"), Path("/x/meta.json"), model_key="m")
         stream = actor.run.options(num_returns="streaming").remote(
             ["python", "-c", "import time; time.sleep(1.0)", "SPEC"], spec, {}, 60.0, [],
             sample_gpus=True)

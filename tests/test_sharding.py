@@ -21,10 +21,10 @@ from typing import Any
 
 import pytest
 
+from pytest_disteval.store.responses import ResponseStore
 from pytest_disteval.worker.sharding import (
     MissingResponses,
     ReplayLM,
-    ResponseStore,
     ShardLM,
     assign_shards,
     request_keys,

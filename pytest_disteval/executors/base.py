@@ -12,7 +12,19 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
-from pytest_disteval.executors.local import WorkerRun
+from pytest_disteval.worker.spec import WorkerSpec
+
+
+@dataclass
+class WorkerRun:
+    """What became of one worker: its exit code (None: killed), wall time and log."""
+
+    command: list[str]
+    returncode: int | None
+    wall_s: float
+    timed_out: bool
+    log_path: Path
+    forked: bool = False  # forked from the forkserver rather than started as a subprocess
 
 
 @dataclass
@@ -23,7 +35,7 @@ class WorkerTask:
     env: dict[str, str]  # the full environment a local subprocess gets
     log_path: Path
     timeout: float | None
-    spec: dict[str, Any]
+    spec: WorkerSpec
     spec_path: Path  # already written; a remote executor ships ``spec`` itself
     name: str  # unique per worker in the session: logs, actors
     group_size: int = 0  # GPUs the worker needs; 0 on the CPU

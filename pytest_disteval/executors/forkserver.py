@@ -8,12 +8,13 @@ replica. The forkserver pays it once per session, started as soon as a job needs
 a worker (its imports overlap the preflight and the other workers' start), and
 forks each worker from that state, as ``multiprocessing``'s forkserver does.
 
-Server (``python -m pytest_disteval.executors.forkserver MODULE...``): imports the
-modules, says whether it is ready on its protocol pipe (one JSON object a line),
-then forks one child per request. A child starts a session of its own (the
-executor kills workers by process group), points stdout and stderr at the
-worker's log, takes the worker's environment and runs ``pytest_disteval.worker``.
-The server reaps its children and reports each exit status.
+Server (``python -m pytest_disteval.executors.forkserver_main MODULE...``, in
+executors/forkserver_main.py): imports the modules, says whether it is ready on
+its protocol pipe (one JSON object a line), then forks one child per request.
+A child starts a session of its own (the executor kills workers by process
+group), points stdout and stderr at the worker's log, takes the worker's
+environment and runs ``pytest_disteval.worker``. The server reaps its children
+and reports each exit status.
 
 Forking is safe only while the server has not initialised CUDA and runs no other
 thread: the server checks both after importing and refuses (the executor then
@@ -28,17 +29,14 @@ imported modules may already have read, starts as a subprocess as before.
 
 from __future__ import annotations
 
-import importlib
 import json
 import os
-import select
 import signal
 import subprocess
-import sys
 import threading
 import time
 from pathlib import Path
-from typing import IO, Any
+from typing import Any
 
 # variables a worker may set differently from the server's environment: read only
 # when CUDA initialises, when torch is told (the child calls set_num_threads), or at
@@ -70,187 +68,6 @@ def env_difference(server: dict[str, str], worker: dict[str, str]) -> list[str]:
 def server_env(env: dict[str, str]) -> dict[str, str]:
     """A worker's environment without the per-worker variables: the server's."""
     return {k: v for k, v in env.items() if not per_worker(k)}
-
-
-# -- the server --------------------------------------------------------------------
-
-
-def _send(channel: IO[str], message: dict[str, Any]) -> None:
-    channel.write(json.dumps(message) + "\n")
-    channel.flush()
-
-
-def _preload(modules: list[str]) -> dict[str, Any]:
-    started = time.perf_counter()
-    # torch.cuda.is_available() (transformers calls it while importing) would otherwise
-    # initialise the CUDA driver here, and a forked child could not use CUDA at all
-    os.environ["PYTORCH_NVML_BASED_CUDA_CHECK"] = "1"
-    loaded: list[str] = []
-    error = None
-    for name in modules:
-        try:
-            importlib.import_module(name)
-        except BaseException as exc:  # noqa: BLE001 (any failure: the workers start plainly)
-            error = f"importing {name} failed: {type(exc).__name__}: {exc}"
-            break
-        loaded.append(name)
-    os.environ.pop("PYTORCH_NVML_BASED_CUDA_CHECK", None)
-    torch = sys.modules.get("torch")
-    if error is None and torch is not None and torch.cuda.is_initialized():
-        error = "CUDA was initialised while importing: a forked worker could not use it"
-    if error is None and _cuda_driver_loaded():
-        # torch's CUDA build maps libcuda as it is imported (seen on the H200), and so
-        # may another library. Mapped is harmless; initialised (cuInit called, by
-        # anyone) is what a child cannot undo
-        state = _cuda_driver_state()
-        if state != "not initialised":
-            error = f"the CUDA driver was loaded while importing ({state}): forking is unsafe"
-    others = [t.name for t in threading.enumerate() if t is not threading.main_thread()]
-    if error is None and others:
-        error = f"threads running after the imports ({', '.join(others)}): forking is unsafe"
-    return {"ready": error is None, "error": error, "preloaded": loaded,
-            "seconds": round(time.perf_counter() - started, 3), "pid": os.getpid()}
-
-
-def _cuda_driver_loaded() -> bool:
-    """Whether libcuda is mapped into this process (by any name: _cuda_driver_state asks it)."""
-    try:
-        maps = Path("/proc/self/maps").read_text()
-    except OSError:
-        return False
-    return "libcuda.so" in maps
-
-
-CUDA_ERROR_NOT_INITIALIZED = 3
-
-
-def _cuda_driver_state() -> str:
-    """Whether the loaded libcuda has been initialised, asked without initialising it.
-
-    Every driver call but cuInit answers CUDA_ERROR_NOT_INITIALIZED until cuInit ran;
-    RTLD_NOLOAD binds the copy already mapped instead of loading one.
-    """
-    import ctypes
-
-    for name in ("libcuda.so.1", "libcuda.so"):
-        try:
-            lib = ctypes.CDLL(name, mode=os.RTLD_NOLOAD)
-            break
-        except OSError:
-            continue
-    else:
-        return "state unknown"
-    count = ctypes.c_int(0)
-    code = lib.cuDeviceGetCount(ctypes.byref(count))
-    if code == CUDA_ERROR_NOT_INITIALIZED:
-        return "not initialised"
-    return "initialised" if code == 0 else f"cuDeviceGetCount returned {code}"
-
-
-def _c_getenv(name: str) -> str | None:
-    import ctypes
-
-    getenv = ctypes.CDLL(None).getenv
-    getenv.restype = ctypes.c_char_p
-    value = getenv(name.encode())
-    return None if value is None else value.decode(errors="replace")
-
-
-def _child(request: dict[str, Any], channel: IO[str]) -> None:
-    """In the forked child: become the worker. Never returns."""
-    code = 1
-    try:
-        channel.close()  # the protocol is the server's
-        os.setsid()  # its own process group: the executor kills workers by group
-        try:  # ps and top show the server's command line; the name at least says which
-            Path("/proc/self/comm").write_text("disteval-worker")
-        except OSError:
-            pass
-        log = os.open(request["log"], os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
-        null = os.open(os.devnull, os.O_RDONLY)
-        os.dup2(null, 0)
-        os.dup2(log, 1)
-        os.dup2(log, 2)
-        os.close(log)
-        os.close(null)
-        env = request["env"]
-        os.environ.clear()
-        os.environ.update(env)
-        if request.get("cwd"):
-            os.chdir(request["cwd"])
-        torch = sys.modules.get("torch")
-        threads = env.get("OMP_NUM_THREADS", "")
-        if torch is not None and threads.isdigit() and int(threads) > 0:
-            # torch read OMP_NUM_THREADS when the server imported it
-            torch.set_num_threads(int(threads))
-        from pytest_disteval.worker import main as worker
-
-        sys.argv = [worker.__file__, *request["args"]]
-        # as CUDA will read it (getenv in C, not os.environ): the group this worker sees
-        visible = _c_getenv("CUDA_VISIBLE_DEVICES")
-        print(f"[disteval] forked from the forkserver (pid {os.getppid()}): imports done "
-              f"there{'' if visible is None else f'; CUDA_VISIBLE_DEVICES={visible}'}",
-              flush=True)
-        code = worker.main(list(request["args"]))
-    except SystemExit as exc:
-        code = exc.code if isinstance(exc.code, int) else 1
-    except BaseException:  # noqa: BLE001 (the log says what; the exit status says it failed)
-        import traceback
-
-        traceback.print_exc()
-    finally:
-        try:
-            sys.stdout.flush()
-            sys.stderr.flush()
-            # the status, also for a session whose server died before it could report
-            Path(request["status"]).write_text(str(code))
-        finally:
-            os._exit(code)
-
-
-def serve(modules: list[str]) -> int:
-    # the protocol gets its own descriptor; fd 1 goes where stderr goes, so that
-    # whatever an imported module prints cannot corrupt it
-    channel = os.fdopen(os.dup(1), "w")
-    os.dup2(2, 1)
-    ready = _preload(modules)
-    _send(channel, ready)
-    if not ready["ready"]:
-        return 1
-    inbox = sys.stdin.buffer.fileno()
-    pending = b""
-    children: set[int] = set()
-    while True:
-        readable, _, _ = select.select([inbox], [], [], 0.05)
-        if readable:
-            chunk = os.read(inbox, 1 << 16)
-            if not chunk:
-                break  # the session closed the pipe (or died): no more workers
-            pending += chunk
-            while b"\n" in pending:
-                line, pending = pending.split(b"\n", 1)
-                request = json.loads(line)
-                sys.stdout.flush()
-                sys.stderr.flush()
-                pid = os.fork()
-                if pid == 0:
-                    _child(request, channel)
-                children.add(pid)
-                _send(channel, {"id": request["id"], "pid": pid})
-        for pid in list(children):
-            try:
-                done, status = os.waitpid(pid, os.WNOHANG)
-            except ChildProcessError:
-                children.discard(pid)
-                continue
-            if done:
-                children.discard(pid)
-                _send(channel, {"exit": pid, "returncode": os.waitstatus_to_exitcode(status)})
-    # workers still running go on in their own sessions; the executor kills those
-    return 0
-
-
-# -- the client --------------------------------------------------------------------
 
 
 class ForkedWorker:
@@ -326,7 +143,7 @@ class ForkServer:
         log_path.parent.mkdir(parents=True, exist_ok=True)
         with log_path.open("wb") as log:
             self.proc = subprocess.Popen(
-                [python, "-m", "pytest_disteval.executors.forkserver", *modules],
+                [python, "-m", "pytest_disteval.executors.forkserver_main", *modules],
                 stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=log, env=self.env,
                 start_new_session=True)
         self._reader = threading.Thread(target=self._read, name="disteval-forkserver",
@@ -434,6 +251,3 @@ class ForkServer:
         if self.proc.stdout is not None:
             self.proc.stdout.close()
 
-
-if __name__ == "__main__":
-    sys.exit(serve(sys.argv[1:]))

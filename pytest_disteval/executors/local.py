@@ -16,14 +16,11 @@ import subprocess
 import sys
 import threading
 import time
-from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
+from pytest_disteval.executors.base import WorkerRun, WorkerTask
 from pytest_disteval.executors.forkserver import ForkServer, proc_stat
-
-if TYPE_CHECKING:
-    from pytest_disteval.executors.base import WorkerTask
 
 WORKER_MODULE = "pytest_disteval.worker"
 # auto (the default) and forkserver: forked wherever the backend allows, CPU and GPU;
@@ -33,16 +30,6 @@ MAX_SERVERS = 2  # one per set of imports (an hf job's, a scoring worker's): no 
 
 # seconds a worker gets between SIGTERM and SIGKILL
 TERM_GRACE_S = 5.0
-
-
-@dataclass
-class WorkerRun:
-    command: list[str]
-    returncode: int | None
-    wall_s: float
-    timed_out: bool
-    log_path: Path
-    forked: bool = False  # forked from the forkserver rather than started as a subprocess
 
 
 # workers alive now, from any thread: Ctrl-C in the main thread must reach them all

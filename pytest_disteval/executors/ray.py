@@ -16,6 +16,7 @@ is not redone.
 
 from __future__ import annotations
 
+import dataclasses
 import importlib.util
 import json
 import os
@@ -27,8 +28,8 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-from pytest_disteval.executors.base import WorkerTask
-from pytest_disteval.executors.local import WorkerRun, kill_all
+from pytest_disteval.executors.base import WorkerRun, WorkerTask
+from pytest_disteval.executors.local import kill_all
 from pytest_disteval.executors.ray_actor import read_rows, write_rows
 from pytest_disteval.gpu.inventory import GPU, NoGPUError
 from pytest_disteval.store.results import write_json_atomic
@@ -220,13 +221,13 @@ class RayExecutor:
         for extra in ("WorkerCrashedError", "NodeDiedError", "ActorUnavailableError"):
             if hasattr(ray.exceptions, extra):
                 lost_errors += (getattr(ray.exceptions, extra),)
-        spec = dict(task.spec)
+        spec = task.spec
         chunk = os.environ.get("DISTEVAL_CHUNK_SIZE")
-        if chunk and chunk.isdigit():
+        if chunk and chunk.isdigit() and spec.chunk_size is None:
             # requests per store commit, so per streamed batch too: the resume granularity
-            spec.setdefault("chunk_size", int(chunk))
-        store = Path(spec["responses"]) if spec.get("responses") else None
-        run_dir = Path(spec.get("run_dir") or Path(spec["meta_path"]).parent)
+            spec = dataclasses.replace(spec, chunk_size=int(chunk))
+        store = spec.responses
+        run_dir = spec.directory
         # what the scheduler set for the worker, not this host's whole environment
         env = {k: v for k, v in task.env.items() if k not in _HOST_ONLY
                and (os.environ.get(k) != v or k in _WORKER_VARS or k.startswith("DISTEVAL_"))}
@@ -254,7 +255,7 @@ class RayExecutor:
                               f"({where['node_id'][:12]}), GPU ids {where['gpu_ids']}, "
                               f"CUDA_VISIBLE_DEVICES={where['cuda_visible_devices']}\n")
                     log.flush()
-                    seed = read_rows(store, spec["model_key"])[0] if store else []
+                    seed = read_rows(store, spec.model_key)[0] if store else []
                     # an actor holding GPUs samples them beside its worker (NVML runs on
                     # that node only); the timeline comes back with the result
                     stream = actor.run.options(num_returns="streaming").remote(
@@ -263,7 +264,7 @@ class RayExecutor:
                     for ref in stream:
                         message = ray.get(ref)
                         if message.get("rows") and store is not None:
-                            streamed += write_rows(store, spec["model_key"], message["rows"])
+                            streamed += write_rows(store, spec.model_key, message["rows"])
                         if message.get("log"):
                             log.write(message["log"])
                             log.flush()
@@ -315,47 +316,15 @@ class RayExecutor:
             # budgets and the reports read it unchanged. A replacement actor's timeline
             # covers its own run only: a lost actor's samples never came back
             write_json_atomic(run_dir / f"gpu-{task.name}.json",
-                              self._cluster_timeline(message["gpu"], where))
+                              cluster_timeline(message["gpu"], where,
+                                               self.inventory().nodes))
         return WorkerRun(message["argv"], message["returncode"], wall_s,
                          bool(message["timed_out"]), task.log_path)
-
-    def _cluster_timeline(self, timeline: dict[str, Any], where: dict[str, Any]) -> dict[str, Any]:
-        """An actor's timeline, its node's NVML indices renumbered cluster-wide.
-
-        gpu_section pools samples by GPU number (packed replicas share a GPU), so GPU 0
-        of two nodes must not be one number. A GPU becomes its node's offset in the
-        inventory (the GPU counts of the nodes before it) plus its NVML index: on one
-        node, the NVML index itself (what nvidia-smi shows); across nodes, the
-        inventory's own numbering where each node's Ray counts all its GPUs (`ray
-        start`'s default). The node and each number's NVML index are kept beside.
-        """
-        offset = 0
-        for node in self.inventory().nodes:
-            if node["node_id"] == where.get("node_id"):
-                break
-            offset += int(node["gpus"])
-        # (a node that joined after the inventory was read lands past every known GPU)
-        renumbered = {str(offset + int(i)): g for i, g in (timeline.get("gpus") or {}).items()}
-        out = {k: v for k, v in timeline.items()
-               if k not in ("gpus", "cuda_visible_devices", "cuda_device_order")}
-        if out.get("unavailable"):
-            # the sampler's reason, and the node it ran on: a cluster may mix nodes
-            out["unavailable"] = f"{out['unavailable']} on Ray node {where.get('node_ip')}"
-        out["gpus"] = renumbered
-        out["ray"] = {"node_id": where.get("node_id"), "node_ip": where.get("node_ip"),
-                      "actor_pid": where.get("pid"),
-                      "cuda_visible_devices": timeline.get("cuda_visible_devices"),
-                      "cuda_device_order": timeline.get("cuda_device_order"),
-                      # only samples prove a mapping: without, the keys are Ray's ids
-                      "nvml_index": {k: int(i) for k, i in zip(
-                          renumbered, (timeline.get("gpus") or {}), strict=True)}
-                      if timeline.get("t") else None}
-        return out
 
     def _failed(self, task: WorkerTask, message: str, run_dir: Path, started: float,
                 timed_out: bool = False) -> WorkerRun:
         if not timed_out:
-            write_json_atomic(Path(task.spec["error_path"]), {"message": message})
+            write_json_atomic(task.spec.error_path, {"message": message})
         return WorkerRun(task.command, None if timed_out else 1,
                          time.perf_counter() - started, timed_out, task.log_path)
 
@@ -392,3 +361,38 @@ class RayExecutor:
         self.kill_all()
         if self._ray is not None:
             self._ray.shutdown()
+
+
+def cluster_timeline(timeline: dict[str, Any], where: dict[str, Any],
+                     nodes: list[dict[str, Any]]) -> dict[str, Any]:
+    """An actor's timeline, its node's NVML indices renumbered cluster-wide.
+
+    gpu_section pools samples by GPU number (packed replicas share a GPU), so GPU 0
+    of two nodes must not be one number. A GPU becomes its node's offset in the
+    inventory (the GPU counts of the nodes before it) plus its NVML index: on one
+    node, the NVML index itself (what nvidia-smi shows); across nodes, the
+    inventory's own numbering where each node's Ray counts all its GPUs (`ray
+    start`'s default). The node and each number's NVML index are kept beside.
+    """
+    offset = 0
+    for node in nodes:
+        if node["node_id"] == where.get("node_id"):
+            break
+        offset += int(node["gpus"])
+    # (a node that joined after the inventory was read lands past every known GPU)
+    renumbered = {str(offset + int(i)): g for i, g in (timeline.get("gpus") or {}).items()}
+    out = {k: v for k, v in timeline.items()
+           if k not in ("gpus", "cuda_visible_devices", "cuda_device_order")}
+    if out.get("unavailable"):
+        # the sampler's reason, and the node it ran on: a cluster may mix nodes
+        out["unavailable"] = f"{out['unavailable']} on Ray node {where.get('node_ip')}"
+    out["gpus"] = renumbered
+    out["ray"] = {"node_id": where.get("node_id"), "node_ip": where.get("node_ip"),
+                  "actor_pid": where.get("pid"),
+                  "cuda_visible_devices": timeline.get("cuda_visible_devices"),
+                  "cuda_device_order": timeline.get("cuda_device_order"),
+                  # only samples prove a mapping: without, the keys are Ray's ids
+                  "nvml_index": {k: int(i) for k, i in zip(
+                      renumbered, (timeline.get("gpus") or {}), strict=True)}
+                  if timeline.get("t") else None}
+    return out

@@ -20,7 +20,7 @@ define the actor class, and must not pay for lm-eval.
 from __future__ import annotations
 
 import ctypes
-import json
+import dataclasses
 import os
 import signal
 import socket
@@ -34,12 +34,10 @@ from pathlib import Path
 from typing import Any
 
 from pytest_disteval.gpu.monitor import cuda_visible_sampler
+from pytest_disteval.store.responses import RESPONSES_DDL
+from pytest_disteval.worker.spec import WorkerSpec
 
-# the schema of sharding.ResponseStore (that module imports lm-eval): rows are copied
-# as stored, the response as its JSON text
-RESPONSES_DDL = ("CREATE TABLE IF NOT EXISTS responses (model_key TEXT NOT NULL, "
-                 "kind TEXT NOT NULL, request_hash TEXT NOT NULL, response TEXT NOT NULL, "
-                 "PRIMARY KEY (model_key, kind, request_hash))")
+# rows are copied as the response store (store/responses.py) holds them
 Row = tuple[str, str, str]  # kind, request hash, response (JSON text)
 
 TERM_GRACE_S = 5.0
@@ -127,7 +125,7 @@ class GroupActor:
                 "cuda_visible_devices": os.environ.get("CUDA_VISIBLE_DEVICES"),
                 "dir": str(self.dir)}
 
-    def run(self, command: list[str], spec: dict[str, Any], env: dict[str, str],
+    def run(self, command: list[str], spec: WorkerSpec, env: dict[str, str],
             timeout: float | None, seed: list[Row], poll_s: float = 0.5,
             sample_gpus: bool = False) -> Iterator[dict[str, Any]]:
         """Run one worker; yield ``{"rows", "log"}`` as it goes, then ``{"done": ...}``.
@@ -135,24 +133,23 @@ class GroupActor:
         ``sample_gpus``: the actor holds GPUs; the done message then carries their NVML
         timeline (``gpu``), or the reason there is none in its ``unavailable``.
         """
-        model_key = spec["model_key"]
+        model_key = spec.model_key
         run_dir = self.dir / "run"
         run_dir.mkdir(parents=True, exist_ok=True)
         for stale in run_dir.glob("*.json"):
             stale.unlink()
-        local = dict(spec)
         last = 0
-        if spec.get("responses"):
+        store: Path | None = None
+        if spec.responses is not None:
             store = self.dir / "responses.sqlite"
             write_rows(store, model_key, seed)  # what the driver holds is not redone
             _, last = read_rows(store, model_key)
-            local["responses"] = str(store)
         # the same file names as the driver's run dir: it writes them back there
-        local.update(run_dir=str(run_dir),
-                     error_path=str(run_dir / Path(spec["error_path"]).name),
-                     meta_path=str(run_dir / Path(spec["meta_path"]).name))
+        local = dataclasses.replace(spec, responses=store, run_dir=run_dir,
+                                    error_path=run_dir / spec.error_path.name,
+                                    meta_path=run_dir / spec.meta_path.name)
         spec_path = self.dir / "spec.json"
-        spec_path.write_text(json.dumps(local), encoding="utf-8")
+        spec_path.write_text(local.to_json(), encoding="utf-8")
         # the cluster's interpreter, not the driver's path (another node may lack it)
         argv = [sys.executable, *command[1:-1], str(spec_path)]
         import pytest_disteval
@@ -189,8 +186,8 @@ class GroupActor:
                 while True:
                     returncode = proc.poll()
                     rows: list[Row] = []
-                    if spec.get("responses"):
-                        rows, last = read_rows(Path(local["responses"]), model_key, last)
+                    if store is not None:
+                        rows, last = read_rows(store, model_key, last)
                     text, sent = self._log_since(log_path, sent)
                     if rows or text:
                         yield {"rows": rows, "log": text}

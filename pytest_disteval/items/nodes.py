@@ -20,7 +20,8 @@ from pytest_disteval.items import budgets
 from pytest_disteval.items.thresholds import MissingMetric, Verdict, check_threshold, read_score
 from pytest_disteval.jobs import record as jobrecord
 from pytest_disteval.jobs.job import EvalJob
-from pytest_disteval.jobs.scheduler import JobOutcome, JobScheduler
+from pytest_disteval.jobs.outcome import JobOutcome
+from pytest_disteval.jobs.scheduler import JobScheduler
 from pytest_disteval.state import SCHEDULER, SETTINGS
 from pytest_disteval.suite import overrides
 from pytest_disteval.suite.model import (

@@ -2,9 +2,12 @@
 
 Items are grouped into jobs so a model loads once per session however many
 items need it, and only for the entries whose items survived ``-k``/``-m``.
-Keys are computed here: a job's ``model_key`` (everything about the model that
-changes a score) and one ``entry_key`` per task entry (task files, data files
-and settings), so cached results are shared by suites and by the fixture.
+A job's identity lives here, in its three strengths: ``key`` (the suite's path and
+the model's name: cheap, known at collection, what the session and xdist group
+by), ``job_id`` (what it runs with: logs and run directories) and ``model_key``
+(everything about the model that changes a score), with one ``entry_key`` per
+task entry (task files, data files and settings), so cached results are shared
+by suites and by the fixture.
 """
 
 from __future__ import annotations
@@ -43,6 +46,16 @@ class EvalJob:
     @property
     def name(self) -> str:
         return self.model.name
+
+    @property
+    def key(self) -> str:
+        # cheap (no hashing of weights): used at collection time for xdist grouping too
+        return f"{self.suite.path}::{self.name}"
+
+    @property
+    def run_name(self) -> str:
+        """The job's run directory and the prefix of its workers' names and logs."""
+        return f"{self.name}-{self.job_id[:8]}"
 
     @cached_property
     def job_id(self) -> str:

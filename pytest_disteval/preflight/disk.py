@@ -15,7 +15,7 @@ from pathlib import Path
 
 from pytest_disteval.backends import BACKENDS
 from pytest_disteval.jobs.job import EvalJob, missing_data_files
-from pytest_disteval.jobs.scheduler import OFFLINE_ENV
+from pytest_disteval.jobs.launch import OFFLINE_ENV
 from pytest_disteval.plan.sizing import local_model_dir
 from pytest_disteval.preflight.check import FAIL, PASS, WARN, Check
 from pytest_disteval.suite.localtasks import TaskIndex

@@ -9,7 +9,7 @@ from typing import Any
 
 from pytest_disteval.gpu.inventory import NoGPUError
 from pytest_disteval.jobs.job import EvalJob
-from pytest_disteval.jobs.scheduler import JobScheduler, job_key
+from pytest_disteval.jobs.scheduler import JobScheduler
 from pytest_disteval.plan.layout import LayoutError
 from pytest_disteval.plan.planner import JobPlan
 from pytest_disteval.preflight import disk, gpu, software
@@ -70,9 +70,9 @@ class Doctor:
             pass  # each job's plan says why
         for job in self._jobs():
             try:
-                out[job_key(job)] = self.scheduler.plan(job)
+                out[job.key] = self.scheduler.plan(job)
             except LayoutError as exc:
-                out[job_key(job)] = exc
+                out[job.key] = exc
         return out
 
 

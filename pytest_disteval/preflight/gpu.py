@@ -14,7 +14,8 @@ from pathlib import Path
 from typing import Any
 
 from pytest_disteval.gpu.inventory import GPU, Inventory, NoGPUError, _import_pynvml, _text
-from pytest_disteval.jobs.scheduler import JobScheduler, worker_env
+from pytest_disteval.jobs.launch import worker_env
+from pytest_disteval.jobs.scheduler import JobScheduler
 from pytest_disteval.plan.layout import LayoutError
 from pytest_disteval.plan.planner import JobPlan, granted_gpus
 from pytest_disteval.preflight.check import FAIL, PASS, WARN, Check

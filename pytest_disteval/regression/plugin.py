@@ -19,7 +19,7 @@ from typing import Any
 import pytest
 
 from pytest_disteval.items.nodes import DistevalItem, TaskNode
-from pytest_disteval.jobs.scheduler import JobOutcome
+from pytest_disteval.jobs.outcome import JobOutcome
 from pytest_disteval.regression.baseline import (
     entry_id,
     load_baseline,

@@ -22,11 +22,11 @@ Out of memory: where the backend's batch size is a number (hf), a run that runs
 out of GPU memory is retried in the same process at half the batch size, down to
 1, each retry logged and recorded in ``meta.json``; past that, or on a backend
 that sizes its own batches (vllm), the worker stops with a message that says
-what to change. It never waits on a wedged GPU.
+what to change (worker/faults.py). It never waits on a wedged GPU.
 
-Exit codes: 0 done; 3 bad request (unknown task, missing backend, out of memory
-at the smallest batch), written to the spec's ``error_path`` as a message for the
-items; anything else a crash.
+Exit codes (worker/spec.py): 0 done; 3 bad request (a bad spec, unknown task,
+missing backend, out of memory at the smallest batch), written to the spec's
+``error_path`` as a message for the items; anything else a crash.
 """
 
 from __future__ import annotations
@@ -43,72 +43,23 @@ from typing import Any
 
 from pytest_disteval.store.results import slice_task, write_json_atomic
 from pytest_disteval.worker.counting import RequestCounter, host_peak_rss_bytes, leaf_map
-
-EXIT_BAD_REQUEST = 3
-MODES = ("direct", "shard", "score")
-
-
-class BadRequest(Exception):
-    """A problem the user fixes in the suite, not a crash."""
-
-
-def is_oom(exc: BaseException) -> bool:
-    """torch's OutOfMemoryError, or the RuntimeError older torch and some kernels raise."""
-    text = str(exc).lower()
-    return (type(exc).__name__ == "OutOfMemoryError"
-            or ("out of memory" in text and ("cuda" in text or "hip" in text)))
-
-
-def _real_lm(lm: Any) -> Any:
-    return getattr(lm, "lm", lm)  # a ShardLM wraps the backend's LM
-
-
-def _halve_batch(lm: Any, exc: BaseException, log: list[dict[str, Any]]) -> None:
-    """After an OOM: halve the backend's batch size for a retry, or raise BadRequest."""
-    real = _real_lm(lm)
-    size = getattr(real, "batch_size_per_gpu", None)  # lm-eval's HFLM; "auto" sizes itself
-    if type(size) is int and size > 1:
-        real.batch_size_per_gpu = size // 2
-        log.append({"from": size, "to": size // 2})
-        print(f"[disteval] out of memory at batch size {size}; retrying at {size // 2}",
-              flush=True)
-        try:
-            import torch
-
-            torch.cuda.empty_cache()  # the failed batch's blocks go back before the retry
-        except Exception:
-            pass
-        return
-    first = str(exc).splitlines()[0][:300] if str(exc) else type(exc).__name__
-    if type(size) is int:
-        what = ("out of GPU memory at batch size 1: one request does not fit beside the "
-                "model; use a larger tp (or pp), a smaller dtype, or a shorter max_length")
-    else:
-        what = ("out of GPU memory, and this backend sizes its own batches; lower "
-                "gpu_memory_utilization or max_model_len in model_args, or use a larger tp")
-    tried = ", ".join(str(r["to"]) for r in log)
-    raise BadRequest(f"{what} ({first})" + (f"; retried at batch size {tried}" if tried else ""))
-
-
-def _inject_oom(lm: Any) -> None:
-    """``DISTEVAL_FAULT=oom:N`` (or ``oom:always``) makes model calls of more than N rows
-    raise torch's OutOfMemoryError: how the retry is tested where no GPU can run out."""
-    fault = os.environ.get("DISTEVAL_FAULT", "")
-    if not fault.startswith("oom:"):
-        return
-    import torch
-
-    limit = 0 if fault == "oom:always" else int(fault.split(":", 1)[1])
-    real = _real_lm(lm)
-    model_call = real._model_call
-
-    def call(inps: Any, *args: Any, **kwargs: Any) -> Any:
-        if inps.shape[0] > limit:
-            raise torch.OutOfMemoryError(f"CUDA out of memory. Tried to allocate a batch of "
-                                         f"{inps.shape[0]} (injected by DISTEVAL_FAULT={fault})")
-        return model_call(inps, *args, **kwargs)
-
-    real._model_call = call
+from pytest_disteval.worker.faults import (
+    halve_batch,
+    inject_oom,
+    injected_fault,
+    is_oom,
+    slowed,
+)
+from pytest_disteval.worker.spec import (
+    EXIT_BAD_REQUEST,
+    EXIT_CRASH,
+    EXIT_OK,
+    EXIT_USAGE,
+    BadRequest,
+    EntrySpec,
+    SpecError,
+    WorkerSpec,
+)
 
 
 def _check_tasks(task_manager: Any, tasks: list[str]) -> None:
@@ -121,62 +72,16 @@ def _check_tasks(task_manager: Any, tasks: list[str]) -> None:
                              "(local tasks are found under the suite's 'include' directories)")
 
 
-def _load_model(spec: dict[str, Any]) -> Any:
+def _load_model(spec: WorkerSpec) -> Any:
     import lm_eval.api.registry
 
     try:
-        cls = lm_eval.api.registry.get_model(spec["lm_eval_model"])
+        cls = lm_eval.api.registry.get_model(spec.lm_eval_model)
     except (ImportError, ModuleNotFoundError, ValueError, KeyError) as exc:
-        raise BadRequest(f"backend {spec['backend']!r} cannot load: {exc}; "
-                         f"install it with: {spec.get('install_hint', '')}") from exc
-    extra = {"batch_size": spec.get("batch_size"), "max_batch_size": None,
-             "device": spec.get("device")}
-    return cls.create_from_arg_obj(dict(spec["model_args"]), extra)
-
-
-def _mode(spec: dict[str, Any]) -> str:
-    mode = spec.get("mode", "direct")
-    if mode not in MODES:
-        raise BadRequest(f"worker mode {mode!r} is not one of {', '.join(MODES)}")
-    if mode != "direct" and not spec.get("responses"):
-        raise BadRequest(f"worker mode {mode!r} needs 'responses', the response store's path")
-    if mode == "shard":
-        shard = spec.get("shard") or {}
-        index, count = shard.get("index"), shard.get("count")
-        if not (type(index) is int and type(count) is int and 0 <= index < count):
-            raise BadRequest(f"worker mode 'shard' needs 'shard': {{'index': i, 'count': n}} "
-                             f"with 0 <= i < n, got {shard!r}")
-    return mode
-
-
-def _injected_fault(index: int, run_dir: Path) -> None:
-    """``DISTEVAL_FAULT=shard<i>:once|always`` makes shard i crash: how retries are tested.
-
-    ``shard<i>:slow`` makes it slow instead (see _slowed): how a kill mid-shard is tested.
-    """
-    fault = os.environ.get("DISTEVAL_FAULT", "")
-    name, _, how = fault.partition(":")
-    if name != f"shard{index}" or how == "slow":
-        return
-    marker = run_dir / f"fault-shard{index}"
-    if how == "always" or not marker.exists():
-        marker.touch()
-        raise RuntimeError(f"fault injected by DISTEVAL_FAULT={fault}")
-
-
-def _slowed(lm: Any, index: int) -> Any:
-    """With ``DISTEVAL_FAULT=shard<i>:slow``, each call of shard i's model takes 0.25 s more."""
-    if os.environ.get("DISTEVAL_FAULT") != f"shard{index}:slow":
-        return lm
-    for kind in ("loglikelihood", "loglikelihood_rolling", "generate_until"):
-        real = getattr(lm, kind)
-
-        def slow(requests: Any, real: Any = real) -> Any:
-            time.sleep(0.25)
-            return real(requests)
-
-        setattr(lm, kind, slow)
-    return lm
+        raise BadRequest(f"backend {spec.backend!r} cannot load: {exc}; "
+                         f"install it with: {spec.install_hint}") from exc
+    extra = {"batch_size": spec.batch_size, "max_batch_size": None, "device": spec.device}
+    return cls.create_from_arg_obj(dict(spec.model_args), extra)
 
 
 def _session_gone(pid: int | None) -> bool:
@@ -210,24 +115,20 @@ def _wait_for_shards(go: Path, session_pid: int | None = None) -> None:
         raise BadRequest(f"not scored: {signal.get('why', 'a shard failed')}")
 
 
-def _count_progress(lm: Any, spec: dict[str, Any]) -> Any:
+def _count_progress(lm: Any, spec: WorkerSpec) -> Any:
     # requests done and known, for the live progress line of the pytest process.
     # Under torchrun (tp/pp ranks of one replica) every rank sees the same requests:
     # rank 0 counts for all of them
     if os.environ.get("RANK", "0") == "0":
         from pytest_disteval.worker.progress import install
 
-        install(lm, _run_dir(spec) / f"progress-{os.getpid()}.json")
+        install(lm, spec.directory / f"progress-{os.getpid()}.json")
     return lm
 
 
-def _run_dir(spec: dict[str, Any]) -> Path:
-    return Path(spec.get("run_dir") or Path(spec["meta_path"]).parent)
-
-
-def run(spec: dict[str, Any]) -> dict[str, Any]:
-    mode = _mode(spec)
-    os.chdir(spec["workdir"])  # lm-eval resolves relative data_files against the cwd
+def run(spec: WorkerSpec) -> dict[str, Any]:
+    mode = spec.mode
+    os.chdir(spec.workdir)  # lm-eval resolves relative data_files against the cwd
     started = time.perf_counter()
     import lm_eval
     from lm_eval.tasks import TaskManager
@@ -239,10 +140,10 @@ def run(spec: dict[str, Any]) -> dict[str, Any]:
     imported = time.perf_counter()
     # indexing lm-eval's ~14k built-in task YAMLs takes seconds: skip it when every
     # task of the job is local
-    task_manager = TaskManager(include_path=spec["include_paths"] or None,
-                               include_defaults=not spec.get("all_local", False),
-                               metadata=dict(spec["model_args"]))
-    _check_tasks(task_manager, [e["task"] for r in spec["runs"] for e in r["entries"]])
+    task_manager = TaskManager(include_path=[str(p) for p in spec.include_paths] or None,
+                               include_defaults=not spec.all_local,
+                               metadata=dict(spec.model_args))
+    _check_tasks(task_manager, spec.tasks)
     indexed = time.perf_counter()
     print(f"[disteval] imports {imported - started:.1f}s, task index {indexed - imported:.1f}s"
           f" (lm-eval speed-ups: {', '.join(applied) or 'none'})", flush=True)
@@ -254,23 +155,21 @@ def run(spec: dict[str, Any]) -> dict[str, Any]:
         lm = real_lm = counter.install(_load_model(spec))
         _count_progress(lm, spec)
     else:
-        from pytest_disteval.worker.sharding import (
-            DEFAULT_CHUNK_SIZE,
-            ReplayLM,
-            ResponseStore,
-            ShardLM,
-        )
+        from pytest_disteval.store.responses import ResponseStore
+        from pytest_disteval.worker.sharding import DEFAULT_CHUNK_SIZE, ReplayLM, ShardLM
 
-        store = ResponseStore(Path(spec["responses"]))
+        assert spec.responses is not None  # the spec checked it: shard and score need one
+        store = ResponseStore(spec.responses)
         if mode == "shard":
-            index, count = spec["shard"]["index"], spec["shard"]["count"]
-            _injected_fault(index, _run_dir(spec))
-            real_lm = counter.install(_slowed(_load_model(spec), index))
-            lm = ShardLM(_count_progress(real_lm, spec), store, spec["model_key"], index, count,
-                         chunk_size=int(spec.get("chunk_size") or DEFAULT_CHUNK_SIZE),
+            assert spec.shard is not None  # WorkerSpec.from_dict checked it
+            index, count = spec.shard.index, spec.shard.count
+            injected_fault(index, spec.directory)
+            real_lm = counter.install(slowed(_load_model(spec), index))
+            lm = ShardLM(_count_progress(real_lm, spec), store, spec.model_key, index, count,
+                         chunk_size=spec.chunk_size or DEFAULT_CHUNK_SIZE,
                          log=lambda message: print(message, flush=True))
             shard_report = {"shard": {"index": index, "count": count},
-                            "model_key": spec["model_key"], "responses": spec["responses"],
+                            "model_key": spec.model_key, "responses": str(spec.responses),
                             "complete": False, "runs": [], "requests_executed": 0,
                             "requests_in_shard": 0, "already_stored": 0, "tokens": 0.0,
                             "seconds": 0.0,
@@ -279,15 +178,15 @@ def run(spec: dict[str, Any]) -> dict[str, Any]:
         else:
             # the model is not needed: every answer comes from the store. Multimodal
             # tasks pass lm-eval's check: the shards' real LM already passed it
-            lm = ReplayLM(store, spec["model_key"], multimodal=True)
-            if spec.get("wait_for"):
+            lm = ReplayLM(store, spec.model_key, multimodal=True)
+            if spec.wait_for is not None:
                 speedups.start_env_probe()
-                _wait_for_shards(Path(spec["wait_for"]), spec.get("session_pid"))
+                _wait_for_shards(spec.wait_for, spec.session_pid)
     loaded = time.perf_counter()
     if mode == "direct":
         speedups.start_env_probe()
     if mode != "score":
-        _inject_oom(lm)
+        inject_oom(lm)
         if os.environ.get("DISTEVAL_FAULT") == "hang":
             # a wedged worker with its model loaded: how the job timeout is tested on a GPU
             print("[disteval] hanging (DISTEVAL_FAULT=hang)", flush=True)
@@ -300,9 +199,9 @@ def run(spec: dict[str, Any]) -> dict[str, Any]:
                               "load_s": loaded - indexed,
                               "runs": [], "tasks": {}, "oom_retries": []}
     try:
-        for run_spec in spec["runs"]:
-            settings = run_spec["settings"]
-            tasks = [e["task"] for e in run_spec["entries"]]
+        for run_spec in spec.runs:
+            settings = run_spec.settings
+            tasks = run_spec.tasks
             t0 = time.perf_counter()
             how = "" if mode == "direct" else f" ({mode} mode)"
             print(f"[disteval] evaluating {', '.join(tasks)} with {settings}{how}", flush=True)
@@ -314,7 +213,7 @@ def run(spec: dict[str, Any]) -> dict[str, Any]:
                         num_fewshot=settings["num_fewshot"],
                         limit=settings["limit"],
                         fewshot_random_seed=settings["fewshot_seed"],
-                        gen_kwargs=spec.get("gen_kwargs"),
+                        gen_kwargs=spec.gen_kwargs,
                         task_manager=task_manager,
                         # per-document results for paired regression tests (samples.py);
                         # a shard's are discarded like its metrics
@@ -327,35 +226,34 @@ def run(spec: dict[str, Any]) -> dict[str, Any]:
                     if mode == "score" or not is_oom(exc):
                         raise
                     # the same model, a smaller batch; a shard keeps what it stored
-                    _halve_batch(lm, exc, timing["oom_retries"])
+                    halve_batch(lm, exc, timing["oom_retries"])
             seconds = time.perf_counter() - t0
             timing["runs"].append({"tasks": tasks, "eval_s": seconds})
             if real_lm is not None and results is not None:
                 counted = time.perf_counter()
-                timing["tasks"].update(_task_counts(counter, real_lm, run_spec["entries"],
+                timing["tasks"].update(_task_counts(counter, real_lm, run_spec.entries,
                                                     results, seconds))
                 # counting tokens is outside eval_s; its own cost is kept to be seen
                 timing["runs"][-1]["count_s"] = time.perf_counter() - counted
             if shard_report is not None:
                 shard_run = _record_shard_run(shard_report, lm, tasks, settings, seconds,
                                               started, t0)
-                write_json_atomic(_run_dir(spec) / f"shard-{spec['shard']['index']}.json",
-                                  shard_report)
-                print(f"[disteval] shard {spec['shard']['index']} ran {', '.join(tasks)} "
+                write_json_atomic(spec.directory / f"shard-{index}.json", shard_report)
+                print(f"[disteval] shard {index} ran {', '.join(tasks)} "
                       f"({_shard_phases(shard_run)})", flush=True)
                 continue
             assert results is not None  # rank 0 of a single process always gets results
             env = {k: results.get(k) for k in ("lm_eval_version", "transformers_version",
                                                 "git_hash", "date")}
-            for entry in run_spec["entries"]:
+            for entry in run_spec.entries:
                 # the samples first: an entry on disk then always has its samples beside it
                 _store_samples(results, entry)
-                write_json_atomic(Path(entry["path"]), {
-                    "entry_key": entry["entry_key"],
-                    "model_key": spec["model_key"],
-                    "task": entry["task"],
+                write_json_atomic(entry.path, {
+                    "entry_key": entry.entry_key,
+                    "model_key": spec.model_key,
+                    "task": entry.task,
                     "settings": settings,
-                    "lm_eval": slice_task(results, entry["task"]),
+                    "lm_eval": slice_task(results, entry.task),
                     "timing": {"eval_s": seconds, "load_s": timing["load_s"],
                                "tasks_in_run": len(tasks)},
                     "env": env,
@@ -371,20 +269,20 @@ def run(spec: dict[str, Any]) -> dict[str, Any]:
         shard_report["complete"] = True
         shard_report["total_s"] = timing["total_s"]
         shard_report["load_s"] = timing["load_s"]
-        write_json_atomic(_run_dir(spec) / f"shard-{spec['shard']['index']}.json", shard_report)
+        write_json_atomic(spec.directory / f"shard-{index}.json", shard_report)
         timing["shard"] = {k: shard_report[k] for k in ("shard", "requests_executed",
                                                          "tokens", "seconds")}
     return timing
 
 
-def _task_counts(counter: RequestCounter, lm: Any, entries: list[dict[str, Any]],
+def _task_counts(counter: RequestCounter, lm: Any, entries: tuple[EntrySpec, ...],
                  results: dict[str, Any], seconds: float) -> dict[str, dict[str, Any]]:
     """Each entry's requests, tokens and seconds in this ``simple_evaluate`` call.
 
     An entry alone in its call gets the call's seconds; entries sharing a call get
     their model time plus a request share of the rest (building requests, scoring).
     """
-    names = [(str(e.get("name") or e["task"]), str(e["task"])) for e in entries]
+    names = [(e.name or e.task, e.task) for e in entries]
     counts = counter.take(lm, leaf_map(names, results.get("group_subtasks") or {}))
     total_requests = sum(c.requests for c in counts.values()) or 1
     rest = max(seconds - sum(c.model_s for c in counts.values()), 0.0)
@@ -400,14 +298,14 @@ def _task_counts(counter: RequestCounter, lm: Any, entries: list[dict[str, Any]]
     return out
 
 
-def _store_samples(results: dict[str, Any], entry: dict[str, Any]) -> None:
+def _store_samples(results: dict[str, Any], entry: EntrySpec) -> None:
     from pytest_disteval.store.samples import entry_samples, write_samples
 
     logged = results.get("samples") or {}
-    names = [entry["task"], *_subtasks(results, entry["task"])]
+    names = [entry.task, *_subtasks(results, entry.task)]
     per_task = entry_samples(logged, names)
     if per_task:
-        write_samples(Path(entry["path"]), entry["entry_key"], per_task)
+        write_samples(entry.path, entry.entry_key, per_task)
 
 
 def _subtasks(results: dict[str, Any], task: str) -> list[str]:
@@ -455,20 +353,35 @@ def _shard_phases(run: dict[str, Any]) -> str:
 def main(argv: list[str]) -> int:
     if len(argv) != 1:
         print("usage: python -m pytest_disteval.worker SPEC.json", file=sys.stderr)
-        return 2
-    spec = json.loads(Path(argv[0]).read_text(encoding="utf-8"))
+        return EXIT_USAGE
+    text = Path(argv[0]).read_text(encoding="utf-8")
+    try:
+        spec = WorkerSpec.from_json(text)
+    except SpecError as exc:
+        _refuse(text, exc)
+        return EXIT_BAD_REQUEST
     try:
         timing = run(spec)
     except BadRequest as exc:
-        write_json_atomic(Path(spec["error_path"]), {"message": str(exc)})
+        write_json_atomic(spec.error_path, {"message": str(exc)})
         print(f"[disteval] error: {exc}", file=sys.stderr, flush=True)
         return EXIT_BAD_REQUEST
     except Exception as exc:
         # the traceback goes to the log; the items show its last line first
         traceback.print_exc()
-        write_json_atomic(Path(spec["error_path"]),
-                          {"message": f"{type(exc).__name__}: {exc}"})
-        return 1
-    write_json_atomic(Path(spec["meta_path"]), {"timing": timing})
-    return 0
+        write_json_atomic(spec.error_path, {"message": f"{type(exc).__name__}: {exc}"})
+        return EXIT_CRASH
+    write_json_atomic(spec.meta_path, {"timing": timing})
+    return EXIT_OK
+
+
+def _refuse(text: str, exc: SpecError) -> None:
+    """A spec that does not parse: its message goes where the spec says errors go, if it does."""
+    print(f"[disteval] error: {exc}", file=sys.stderr, flush=True)
+    try:
+        error_path = json.loads(text).get("error_path")
+    except (ValueError, AttributeError):
+        error_path = None
+    if error_path:
+        write_json_atomic(Path(error_path), {"message": str(exc)})
 

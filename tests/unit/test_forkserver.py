@@ -194,7 +194,7 @@ int cuDeviceGetCount(int *count) {
 PROBE = """
 import ctypes, json, os, sys
 ctypes.CDLL(sys.argv[1], mode=os.RTLD_GLOBAL)  # mapped, as torch's CUDA build maps it
-from pytest_disteval.executors import forkserver
+from pytest_disteval.executors import forkserver_main as forkserver
 ready = forkserver._preload([])
 print(json.dumps([forkserver._cuda_driver_loaded(), forkserver._cuda_driver_state(),
                   ready["ready"], ready["error"]]))

@@ -19,6 +19,7 @@ from pytest_disteval.executors.base import WorkerTask
 from pytest_disteval.executors.ray import RayExecutor, RayInventory
 from pytest_disteval.executors.ray_actor import GroupActor
 from pytest_disteval.jobs import record as jobrecord
+from pytest_disteval.worker.spec import WorkerSpec
 
 from fakenvml import FakeNvml
 
@@ -35,8 +36,7 @@ def _inventory() -> RayInventory:
 def _run_actor(tmp_path: Path, nvml: Any, *, sample_gpus: bool = True) -> dict[str, Any]:
     """One worker (a Python that sleeps a second) through GroupActor.run; its done message."""
     actor = GroupActor(nvml=nvml)
-    spec = {"model_key": "m", "error_path": str(tmp_path / "error.json"),
-            "meta_path": str(tmp_path / "meta-shard0.json")}
+    spec = WorkerSpec(tmp_path / "error.json", tmp_path / "meta-shard0.json", model_key="m")
     command = ["python", "-c", "import time; time.sleep(1.0)", "SPEC"]
     messages = list(actor.run(command, spec, {}, 30.0, [], poll_s=0.05,
                               sample_gpus=sample_gpus))
@@ -53,7 +53,8 @@ def _where(node: str, ip: str) -> dict[str, Any]:
 def _finish(tmp_path: Path, executor: RayExecutor, name: str, done: dict[str, Any],
             where: dict[str, Any]) -> Path:
     task = WorkerTask([sys.executable], {}, tmp_path / f"{name}.log", 30.0,
-                      {"error_path": str(tmp_path / "error.json")}, tmp_path / "spec.json",
+                      WorkerSpec(tmp_path / "error.json", tmp_path / "meta.json"),
+                      tmp_path / "spec.json",
                       name, group_size=2)
     executor._finish(task, done, where, [], tmp_path, 1.0)
     return tmp_path / f"gpu-{name}.json"
