@@ -42,8 +42,6 @@ from pytest_disteval.units import parse_duration
 SCHEMA_PATH = Path(__file__).with_name("suite.schema.json")
 
 _SUITE_MARKER = re.compile(r"^disteval[ \t]*:", re.M)
-# letters and digits of any script (str patterns match Unicode), and _ . + -
-_NAME_OK = re.compile(r"^[\w.+-]+$")
 NAME_RULE = "use letters (of any script), digits and . _ + -"
 
 
@@ -232,7 +230,9 @@ def parse_suite(text: str, path: Path, root: Path | None = None, *,
                 # a model's own entry replaces the suite-wide entry of the same name
                 entries[entry.name] = entry
         model.tasks = list(entries.values())
-        if not model.tasks and not model.budgets:
+        written = any(isinstance(src, list) and src for src in (shared_tasks, raw.get("tasks")))
+        # entries written but refused are reported already: "no tasks" would only be noise
+        if not model.tasks and not model.budgets and not written:
             problems.add(line, where, "has no tasks and no budgets: nothing would be tested")
         models.append(model)
 
@@ -247,14 +247,19 @@ def parse_suite(text: str, path: Path, root: Path | None = None, *,
     return Suite(shown, name, include_paths, workdir, models, suite_marks, index)
 
 
+def _name_chars(name: Any) -> bool:
+    # letters with their marks (Devanagari's vowel signs are marks, not letters) and digits
+    return isinstance(name, str) and bool(name) and all(
+        c in "_.+-" or unicodedata.category(c)[0] in "LMN" for c in name)
+
+
 def _valid_name(name: Any) -> bool:
     # NFC only: two spellings of one visible name would be two models, two results files
-    return (isinstance(name, str) and bool(_NAME_OK.match(name))
-            and unicodedata.is_normalized("NFC", name))
+    return _name_chars(name) and unicodedata.is_normalized("NFC", name)
 
 
 def _name_rule(name: Any) -> str:
-    if isinstance(name, str) and _NAME_OK.match(name):
+    if _name_chars(name):
         return (f"write it in Unicode's composed form (NFC: "
                 f"{unicodedata.normalize('NFC', name)!r}), as editors do")
     return NAME_RULE
