@@ -41,6 +41,7 @@ class LocalTask:
     config: dict[str, Any]
     subtasks: list[str] = field(default_factory=list)
     chain: list[Path] = field(default_factory=list)  # this YAML and the ones it includes
+    _missing_absolute: list[str] | None = field(default=None, repr=False, compare=False)
 
     @property
     def output_type(self) -> str | None:
@@ -81,6 +82,14 @@ class LocalTask:
         out: list[str] = []
         _flatten_paths(spec, out)
         return out
+
+    def missing_absolute_data_files(self) -> list[str]:
+        """Data files given by an absolute path that does not exist (checked once per task:
+        10,000 entries may name one task)."""
+        if self._missing_absolute is None:
+            self._missing_absolute = [spec for spec in self.data_files()
+                                      if Path(spec).is_absolute() and not Path(spec).exists()]
+        return self._missing_absolute
 
     def dataset_path(self) -> str | None:
         value = self.config.get("dataset_path")

@@ -450,8 +450,8 @@ def _task(raw: Any, where: str, line: int, defaults: yamlpos.PosDict, index: Tas
     thresholds: list[Threshold] = []
     raw_thresholds = _optional_mapping(raw, "thresholds", where, "{acc: 0.5} (metric -> bound)",
                                        problems)
+    known = local.metric_keys() if local is not None else None  # once per entry, not per use
     if raw_thresholds is not None:
-        known = local.metric_keys() if local is not None else None
         for metric, spec in raw_thresholds.items():
             if not _finite_bounds(spec, f"{where}.thresholds.{metric}",
                                   raw_thresholds.line_of(metric), problems):
@@ -465,7 +465,7 @@ def _task(raw: Any, where: str, line: int, defaults: yamlpos.PosDict, index: Tas
     default_tolerance = _tolerance(defaults.get("regression"), "defaults.regression",
                                    getattr(defaults, "key_lines", {}).get("regression", raw.line),
                                    shown, problems)
-    regression = _regression(raw, where, local.metric_keys() if local is not None else None,
+    regression = _regression(raw, where, known,
                              shown, problems)
     if require_thresholds and not thresholds and raw.get("thresholds") is None \
             and not budgets:
@@ -532,11 +532,10 @@ def _regression(raw: yamlpos.PosDict, where: str, known: dict[str, bool] | None,
 def _check_data_files(local: LocalTask, raw: yamlpos.PosDict, where: str,
                       problems: _Problems) -> None:
     # checked against the workdir at run time too; here only an absolute miss is certain
-    for spec in local.data_files():
-        if Path(spec).is_absolute() and not Path(spec).exists():
-            problems.add(raw.line_of("task"), f"{where}.task",
-                         f"task {local.name!r} ({local.path}) reads data file {spec!r}, "
-                         "which does not exist")
+    for spec in local.missing_absolute_data_files():
+        problems.add(raw.line_of("task"), f"{where}.task",
+                     f"task {local.name!r} ({local.path}) reads data file {spec!r}, "
+                     "which does not exist")
 
 
 def _finite_bounds(spec: Any, where: str, line: int, problems: _Problems) -> bool:

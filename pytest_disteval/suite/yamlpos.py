@@ -255,36 +255,48 @@ class _Builder:
     def mapping(self, node: MappingNode) -> Any:
         if node.tag != _MAP:
             return self.other_collection(node)
-        seen: dict[Any, Node] = {}
-        for key_node, _ in node.value:
-            if key_node.tag == _MERGE:
-                continue
-            key = self.key(key_node)
-            first = seen.get(key)
-            if first is not None:
-                raise self.error(key_node, f"duplicate key {key!r}: written at line "
-                                           f"{first.start_mark.line + 1} and again at line "
-                                           f"{key_node.start_mark.line + 1}; keep one")
-            seen[key] = key_node
-        if any(k.tag == _MERGE for k, _ in node.value):
+        pairs = node.value
+        if any(k.tag == _MERGE for k, _ in pairs):
+            self.own_keys_once(pairs)
             try:  # `<<: *defaults`: the explicit keys override the merged ones
                 self.loader.flatten_mapping(node)
             except yaml.MarkedYAMLError as exc:
                 raise self.error(node, str(exc.problem or exc)) from None
-        if not self.positions:
-            out: dict[Any, Any] = {}
-            for key_node, value_node in node.value:
-                out[self.key(key_node)] = self.build(value_node)
-            return out
-        pos = PosDict()
-        pos.line = node.start_mark.line + 1
+            merged = True
+        else:
+            merged = False
+        out: dict[Any, Any] = PosDict() if self.positions else {}
         lines: dict[Any, int] = {}
-        pos.key_lines = lines
-        for key_node, value_node in node.value:
-            key = self.key(key_node)
-            pos[key] = self.build(value_node)
+        build = self.build
+        for key_node, value_node in pairs if not merged else node.value:
+            if key_node.__class__ is ScalarNode and key_node.tag == _STR:
+                key = key_node.value
+            else:
+                key = self.key(key_node)
+            if key in lines and not merged:
+                raise self.duplicate(key, lines[key], key_node)
             lines[key] = key_node.start_mark.line + 1
-        return pos
+            # one call less per value: most are plain strings
+            out[key] = (value_node.value if value_node.__class__ is ScalarNode
+                        and value_node.tag == _STR else build(value_node))
+        if self.positions:
+            out.line = node.start_mark.line + 1  # type: ignore[attr-defined]
+            out.key_lines = lines  # type: ignore[attr-defined]
+        return out
+
+    def own_keys_once(self, pairs: list[tuple[Node, Node]]) -> None:
+        """Duplicates among the keys written in a mapping that also merges others."""
+        lines: dict[Any, int] = {}
+        for key_node, _ in pairs:
+            if key_node.tag != _MERGE:
+                key = self.key(key_node)
+                if key in lines:
+                    raise self.duplicate(key, lines[key], key_node)
+                lines[key] = key_node.start_mark.line + 1
+
+    def duplicate(self, key: Any, first: int, again: Node) -> YamlSyntaxError:
+        return self.error(again, f"duplicate key {key!r}: written at line {first} and again "
+                                 f"at line {again.start_mark.line + 1}; keep one")
 
     def key(self, node: Node) -> Any:
         if node.__class__ is not ScalarNode:
@@ -294,7 +306,9 @@ class _Builder:
     def sequence(self, node: Node) -> Any:
         if node.tag != _SEQ:
             return self.other_collection(node)
-        items = [self.build(child) for child in node.value]
+        build = self.build
+        items = [child.value if child.__class__ is ScalarNode and child.tag == _STR
+                 else build(child) for child in node.value]
         if not self.positions:
             return items
         pos = PosList(items)
