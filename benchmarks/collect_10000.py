@@ -18,8 +18,10 @@ a whole process, --runs times. With --reference DIR (a tree holding another
 pytest_disteval, e.g. main's HEAD: `git archive HEAD | tar -x -C DIR`), each run times
 that tree too (PYTHONPATH picks the tree), the two alternating which goes first, so a
 change in the machine's load hits both alike; the ratio of medians is the figure to
-compare on a loaded machine. Checks (exit 1): every run exits 0 and collects
-entries + 1 items. Target: this tree's median under 2 s (--strict exits 2 on a miss).
+compare on a loaded machine, with the user+sys CPU seconds of each process (which
+move less than wall time when other work shares the cores). Checks (exit 1): every
+run exits 0 and collects entries + 1 items. Target: this tree's median under 2 s
+(--strict exits 2 on a miss).
 """
 
 from __future__ import annotations
@@ -28,6 +30,7 @@ import argparse
 import json
 import os
 import re
+import resource
 import shutil
 import statistics
 import subprocess
@@ -87,12 +90,15 @@ def make_suite(root: Path, entries: int, task_files: int) -> Path:
 
 
 def timed(cmd: list[str], cwd: Path, env: dict[str, str], expected: int,
-          what: str) -> tuple[float, float]:
-    """(wall seconds, pytest's own 'collected in' seconds) of one run."""
+          what: str) -> tuple[float, float, float]:
+    """(wall seconds, CPU seconds, pytest's own 'collected in' seconds) of one run."""
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
     t0 = time.perf_counter()
     proc = subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True, check=False,
                           stdin=subprocess.DEVNULL)
     wall = time.perf_counter() - t0
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    cpu = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
     out = proc.stdout + proc.stderr
     found = COLLECTED_RE.findall(out)
     if proc.returncode != 0 or not found:
@@ -100,7 +106,7 @@ def timed(cmd: list[str], cwd: Path, env: dict[str, str], expected: int,
     count, secs = found[-1]
     if int(count) != expected:
         raise BenchError(f"{what} collected {count} items, expected {expected}:\n{out[-3000:]}")
-    return wall, float(secs)
+    return wall, cpu, float(secs)
 
 
 def main() -> int:
@@ -148,11 +154,14 @@ def main() -> int:
             timed(cmd, root, envs[name], expected, f"{name} (warm-up)")
         walls: dict[str, list[float]] = {name: [] for name in trees}
         reported: dict[str, list[float]] = {name: [] for name in trees}
+        cpus: dict[str, list[float]] = {name: [] for name in trees}
         for i in range(args.runs):
             order = list(trees) if i % 2 == 0 else list(reversed(trees))
             for name in order:
-                wall, secs = timed(cmd, root, envs[name], expected, f"{name} run {i + 1}")
+                wall, cpu, secs = timed(cmd, root, envs[name], expected,
+                                        f"{name} run {i + 1}")
                 walls[name].append(wall)
+                cpus[name].append(cpu)
                 reported[name].append(secs)
             print(f"run {i + 1}: " + ", ".join(
                 f"{name} {walls[name][-1]:.2f}s (pytest says {reported[name][-1]:.2f}s)"
@@ -164,7 +173,8 @@ def main() -> int:
             "entries": args.entries, "task_files": args.task_files, "items": expected,
             "suite_mb": round(size_mb, 2), "command": cmd, "cwd": "<generated dir>",
             "trees": {name: str(tree) for name, tree in trees.items()},
-            "wall_s": walls, "reported_s": reported, "median_wall_s": med,
+            "wall_s": walls, "cpu_s": cpus, "reported_s": reported, "median_wall_s": med,
+            "median_cpu_s": {n: statistics.median(v) for n, v in cpus.items()},
             "median_reported_s": {n: statistics.median(v) for n, v in reported.items()},
             "bytecode": ("cached under a temporary PYTHONPYCACHEPREFIX" if args.bytecode_cache
                          else "not written (PYTHONDONTWRITEBYTECODE is set)"
@@ -181,11 +191,14 @@ def main() -> int:
               f"pytest {m['pytest']}; {m['date']}")
         for name in trees:
             print(f"  {name:10s} python -m pytest --collect-only -q : {med[name]:.3f}s  "
-                  f"(pytest's own 'collected in' {result['median_reported_s'][name]:.3f}s)")
+                  f"(pytest's own 'collected in' {result['median_reported_s'][name]:.3f}s, "
+                  f"user+sys {result['median_cpu_s'][name]:.3f}s)")
         print(f"  bytecode: {result['bytecode']}")
         print(f"  target < {TARGET_S:.1f}s: {'PASS' if result['target_met'] else 'MISS'}")
         if result["ratio"] is not None:
-            print(f"  this tree / reference: {result['ratio']:.3f}")
+            cpu = result["median_cpu_s"]
+            print(f"  this tree / reference: {result['ratio']:.3f} wall, "
+                  f"{cpu['this tree'] / cpu['reference']:.3f} user+sys")
         if args.json:
             args.json.parent.mkdir(parents=True, exist_ok=True)
             args.json.write_text(json.dumps(result, indent=1) + "\n", encoding="utf-8")

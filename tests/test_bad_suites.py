@@ -220,3 +220,26 @@ def test_a_decomposed_unicode_name_is_refused(project: pytest.Pytester, demo: De
     result, _ = run_beside_good(project, demo, warm_store)
     expect(result, "suites/bad.yaml:4: models[0].name: 'mode\u0300le' is not a valid name: write "
                    "it in Unicode's composed form (NFC")
+
+
+# ------------------------------------------------------------------ 6. collection speed
+
+
+@pytest.mark.parametrize(("entries", "frozen"), [(999, False), (1000, True)])
+def test_a_large_suite_is_frozen_out_of_the_gc_after_collection(
+        project: pytest.Pytester, demo: Demo, entries: int, frozen: bool) -> None:
+    # the GC's full passes over 10,000 items (and those at interpreter exit) cost seconds;
+    # a small session keeps its objects collectable
+    body = "".join(f"  - {{task: arith_mc, name: e{i}, thresholds: {{acc: 0.5}}}}\n"
+                   for i in range(entries))
+    write_suite(project, "big", f"disteval: 1\ninclude: [tasks]\nmodels:\n"
+                                f"{model_block('good', demo.good)}tasks:\n{body}")
+    project.makeconftest("import gc\n"
+                         "def pytest_collection_finish(session):\n"
+                         "    print('GC', gc.isenabled(), 'FROZEN', gc.get_freeze_count() > 0)\n"
+                         "def pytest_sessionfinish(session):\n"
+                         "    print('AFTER', gc.isenabled(), gc.get_freeze_count() > 0)\n")
+    result = project.runpytest_subprocess("--collect-only", "-q", "suites")
+    # during collection the GC is paused; after it, it runs again (on what is not frozen)
+    result.stdout.fnmatch_lines(["GC False FROZEN False", f"AFTER True {frozen}",
+                                 f"{entries} tests collected*"])
