@@ -113,7 +113,8 @@ def test_bad_backend_duration_and_yaml(suites: Path) -> None:
     message = problems_of(suite_file(suites, text))
     assert "models[0].backend: 'vlm' is not a backend (did you mean 'vllm'?)" in message
     broken = problems_of(suite_file(suites, "disteval: 1\nmodels: [\n", "b.yaml"))
-    assert broken.startswith(f"{suites / 'b.yaml'}:3: ") and "YAML syntax error" in broken
+    # the line where the unclosed '[' opens, not the one where libyaml gave up
+    assert broken.startswith(f"{suites / 'b.yaml'}:2: ") and "YAML syntax error" in broken
 
 
 def test_budget_duration_error(suites: Path) -> None:

@@ -41,6 +41,7 @@ class LocalTask:
     config: dict[str, Any]
     subtasks: list[str] = field(default_factory=list)
     chain: list[Path] = field(default_factory=list)  # this YAML and the ones it includes
+    _missing_absolute: list[str] | None = field(default=None, repr=False, compare=False)
 
     @property
     def output_type(self) -> str | None:
@@ -82,6 +83,14 @@ class LocalTask:
         _flatten_paths(spec, out)
         return out
 
+    def missing_absolute_data_files(self) -> list[str]:
+        """Data files given by an absolute path that does not exist (checked once per task:
+        10,000 entries may name one task)."""
+        if self._missing_absolute is None:
+            self._missing_absolute = [spec for spec in self.data_files()
+                                      if Path(spec).is_absolute() and not Path(spec).exists()]
+        return self._missing_absolute
+
     def dataset_path(self) -> str | None:
         value = self.config.get("dataset_path")
         return value if isinstance(value, str) else None
@@ -116,6 +125,7 @@ class TaskIndex:
         self.include_paths = include_paths
         self._files: dict[str, Path] = {}
         self._parsed: dict[str, LocalTask] = {}
+        self._errors: dict[str, LocalTaskError] = {}
         for root in include_paths:
             for path in sorted(root.rglob("*.yaml")) + sorted(root.rglob("*.yml")):
                 try:
@@ -140,13 +150,20 @@ class TaskIndex:
         return sorted(set(found))
 
     def get(self, name: str) -> LocalTask | None:
+        """The task or group ``name`` (None if not local); ``LocalTaskError`` if unreadable."""
         if name in self._parsed:
             return self._parsed[name]
+        if name in self._errors:
+            raise self._errors[name]
         path = self._files.get(name)
         if path is None:
             return None
         chain: list[Path] = []
-        config = _load_with_includes(path, chain)
+        try:
+            config = _load_with_includes(path, chain)
+        except LocalTaskError as exc:
+            self._errors[name] = exc  # every entry naming it gets the same error, parsed once
+            raise
         if isinstance(config.get("group"), str) and config.get("group") == name:
             raw = config.get("task") or []
             subtasks = [
@@ -159,20 +176,77 @@ class TaskIndex:
         self._parsed[name] = task
         return task
 
+    def resolve(self, name: str) -> LocalTask | None:
+        """``get``, and for a group every local subtask too: collection reads them all, so
+        a broken YAML anywhere under a suite's task is a collection error."""
+        task = self.get(name)
+        stack = list(task.subtasks) if task is not None else []
+        seen = {name}
+        while stack:
+            sub = stack.pop()
+            if sub in seen:
+                continue
+            seen.add(sub)
+            child = self.get(sub)
+            if child is not None:
+                stack.extend(child.subtasks)
+        return task
 
-def _load_with_includes(path: Path, seen: list[Path]) -> dict[str, Any]:
-    if path in seen:
-        raise ValueError(f"{path}: include cycle")
-    seen.append(path)
-    data = yamlpos.load_file(path)
+
+class LocalTaskError(ValueError):
+    """A local task YAML that cannot be used: ``path``, ``line`` and ``problem``."""
+
+    def __init__(self, path: Path, line: int, problem: str) -> None:
+        super().__init__(f"{path}:{line}: {problem}")
+        self.path = path
+        self.line = line
+        self.problem = problem
+
+
+_INCLUDE_RE = re.compile(r"^include[ \t]*:", re.M)
+
+
+def _include_line(path: Path) -> int:
+    try:
+        text = path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError):
+        return 1
+    match = _INCLUDE_RE.search(text)
+    return text.count("\n", 0, match.start()) + 1 if match else 1
+
+
+def _load_with_includes(path: Path, chain: list[Path],
+                        stack: tuple[Path, ...] = ()) -> dict[str, Any]:
+    """``path``'s config with its includes merged; every file read is appended to ``chain``."""
+    if path in stack:
+        cycle = " -> ".join(p.name for p in [*stack[stack.index(path):], path])
+        raise LocalTaskError(stack[-1], _include_line(stack[-1]),
+                             f"include cycle: {cycle}; lm-eval cannot load these tasks")
+    if path not in chain:
+        chain.append(path)
+    try:
+        data = yamlpos.load_file(path)
+    except yamlpos.YamlSyntaxError as exc:
+        raise LocalTaskError(path, exc.line, exc.problem) from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise LocalTaskError(path, 1, f"cannot be read: {exc}") from None
     if not isinstance(data, dict):
         return {}
-    base: dict[str, Any] = {}
+    merged: dict[str, Any] = {}
     include = data.get("include")
-    if isinstance(include, str):
-        inc_path = (path.parent / include).resolve()
-        if inc_path.exists():
-            base = _load_with_includes(inc_path, seen)
-    merged = dict(base)
+    includes = [include] if isinstance(include, str) else include
+    if include is not None and not (isinstance(includes, list)
+                                    and all(isinstance(i, str) for i in includes)):
+        raise LocalTaskError(path, _include_line(path),
+                             f"include: {include!r} is not valid: a path to a task YAML "
+                             "(or a list of them), relative to this file")
+    # as lm-eval's load_yaml_config: the first include listed wins, the file's own keys last
+    for rel in reversed(includes or []):
+        inc_path = (path.parent / rel).resolve()
+        if not inc_path.is_file():
+            # lm-eval fails on it when the task loads; here it is a collection error
+            raise LocalTaskError(path, _include_line(path),
+                                 f"include: {rel!r} does not exist (looked for {inc_path})")
+        merged.update(_load_with_includes(inc_path, chain, (*stack, path)))
     merged.update({k: v for k, v in data.items() if k != "include"})
     return merged

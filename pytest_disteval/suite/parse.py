@@ -15,6 +15,7 @@ import difflib
 import json
 import math
 import re
+import unicodedata
 from functools import cache
 from pathlib import Path
 from typing import Any
@@ -22,7 +23,7 @@ from typing import Any
 from pytest_disteval.items.budgets import KINDS as BUDGET_SPECS
 from pytest_disteval.items.budgets import parse_limit
 from pytest_disteval.suite import yamlpos
-from pytest_disteval.suite.localtasks import LocalTask, TaskIndex
+from pytest_disteval.suite.localtasks import LocalTask, LocalTaskError, TaskIndex
 from pytest_disteval.suite.model import (
     BACKENDS,
     FORMAT_VERSION,
@@ -49,7 +50,7 @@ METRIC_RANGES: dict[str, tuple[float, float]] = {
                      "exact_match"), (0.0, 1.0)),
     "mcc": (-1.0, 1.0),
 }
-_NAME_OK = re.compile(r"^[A-Za-z0-9_.+-]+$")
+NAME_RULE = "use letters (of any script), digits and . _ + -"
 
 
 def is_suite(path: Path) -> bool:
@@ -135,7 +136,24 @@ def _line(container: Any, key: Any, default: int) -> int:
 
 def load_suite(path: Path, root: Path | None = None) -> Suite:
     """Parse and validate one suite file; raise SuiteError listing every problem."""
-    return parse_suite(path.read_text(encoding="utf-8"), path, root)
+    text = path.read_text(encoding="utf-8")
+    twin = _results_twin(path)
+    if twin is not None:
+        marker = re.search(r"^disteval[ \t]*:", text, re.M)
+        line = text.count("\n", 0, marker.start()) + 1 if marker else 1
+        results = _display_path(path, root).with_suffix("")
+        raise SuiteError(_display_path(path, root), [(line, "", (
+            f"{path.name} and {twin.name} beside it are both suites: their results would "
+            f"share one directory (results/{results}/) and overwrite each other; rename one"))])
+    return parse_suite(text, path, root)
+
+
+def _results_twin(path: Path) -> Path | None:
+    """The suite whose results directory this one's would be (``x.yml`` for ``x.yaml``)."""
+    # results are named by the suite's path without its suffix (scheduler._write_results)
+    other = {".yaml": ".yml", ".yml": ".yaml"}.get(path.suffix)
+    twin = path.with_suffix(other) if other else None
+    return twin if twin is not None and twin.is_file() and is_suite(twin) else None
 
 
 def parse_suite(text: str, path: Path, root: Path | None = None, *,
@@ -148,7 +166,7 @@ def parse_suite(text: str, path: Path, root: Path | None = None, *,
     try:
         data = yamlpos.load(text, path)
     except yamlpos.YamlSyntaxError as exc:
-        raise SuiteError(shown, [(exc.line, "", str(exc).split(": ", 1)[1])]) from None
+        raise SuiteError(shown, [(exc.line, "", exc.problem)]) from None
     problems = _Problems(shown)
     if not isinstance(data, yamlpos.PosDict):
         raise SuiteError(shown, [(1, "", "a suite is a mapping with keys 'disteval' and 'models'")])
@@ -248,19 +266,39 @@ def parse_suite(text: str, path: Path, root: Path | None = None, *,
                 # a model's own entry replaces the suite-wide entry of the same name
                 entries[entry.name] = entry
         model.tasks = list(entries.values())
-        if not model.tasks and not model.budgets:
+        written = any(isinstance(src, list) and src for src in (shared_tasks, raw.get("tasks")))
+        # entries written but refused are reported already: "no tasks" would only be noise
+        if not model.tasks and not model.budgets and not written:
             problems.add(line, where, "has no tasks and no budgets: nothing would be tested")
         models.append(model)
 
     if problems.items:
         raise SuiteError(shown, sorted(problems.items))
     raw_name = data.get("name", path.stem)
-    if not isinstance(raw_name, str) or not _NAME_OK.match(raw_name):
+    if not _valid_name(raw_name):
         raise SuiteError(shown, [(data.line_of("name"), "name",
-                                  f"{raw_name!r} is not a valid suite name: use letters, "
-                                  "digits and . _ + -")])
+                                  f"{raw_name!r} is not a valid suite name: "
+                                  f"{_name_rule(raw_name)}")])
     name = raw_name
     return Suite(shown, name, include_paths, workdir, models, suite_marks, index)
+
+
+def _name_chars(name: Any) -> bool:
+    # letters with their marks (Devanagari's vowel signs are marks, not letters) and digits
+    return isinstance(name, str) and bool(name) and all(
+        c in "_.+-" or unicodedata.category(c)[0] in "LMN" for c in name)
+
+
+def _valid_name(name: Any) -> bool:
+    # NFC only: two spellings of one visible name would be two models, two results files
+    return _name_chars(name) and unicodedata.is_normalized("NFC", name)
+
+
+def _name_rule(name: Any) -> str:
+    if _name_chars(name):
+        return (f"write it in Unicode's composed form (NFC: "
+                f"{unicodedata.normalize('NFC', name)!r}), as editors do")
+    return NAME_RULE
 
 
 def _display_path(path: Path, root: Path | None) -> Path:
@@ -326,9 +364,9 @@ def _model(raw: yamlpos.PosDict, where: str, suite_dir: Path,
     name = raw.get("name")
     if name is None:
         name = Path(str(args[weights])).name
-    if not isinstance(name, str) or not _NAME_OK.match(name):
+    if not _valid_name(name):
         problems.add(raw.line_of("name"), f"{where}.name",
-                     f"{name!r} is not a valid name: use letters, digits and . _ + -")
+                     f"{name!r} is not a valid name: {_name_rule(name)}")
         name = str(name)
     batch_size = raw.get("batch_size", 1)
     if not (isinstance(batch_size, int) and not isinstance(batch_size, bool) and batch_size > 0) \
@@ -424,13 +462,19 @@ def _task(raw: Any, where: str, line: int, defaults: yamlpos.PosDict, index: Tas
         problems.add(raw.line_of("task"), f"{where}.task", "must be an lm-eval task or group name")
         return None
     name = raw.get("name", task)
-    if not isinstance(name, str) or not _NAME_OK.match(name):
+    if not _valid_name(name):
         problems.add(raw.line_of("name"), f"{where}.name",
-                     f"{name!r} is not valid: use letters, digits and . _ + -")
+                     f"{name!r} is not valid: {_name_rule(name)}")
         name = task
     # a name not found locally may be one of lm-eval's ~14k built-in tasks: indexing
     # those costs seconds, so the worker checks it (before the model loads)
-    local = index.get(task)
+    try:
+        local = index.resolve(task)
+    except LocalTaskError as exc:
+        problems.add(raw.line_of("task"), f"{where}.task",
+                     f"task {task!r} is defined in {exc.path}:{exc.line}, which cannot be "
+                     f"used: {exc.problem}")
+        return None
     num_fewshot = _int_setting(raw, defaults, "num_fewshot", f"{where}.",
                                raw.line_of("num_fewshot"), problems)
     limit = _int_setting(raw, defaults, "limit", f"{where}.", raw.line_of("limit"), problems,
@@ -442,9 +486,12 @@ def _task(raw: Any, where: str, line: int, defaults: yamlpos.PosDict, index: Tas
     thresholds: list[Threshold] = []
     raw_thresholds = _optional_mapping(raw, "thresholds", where, "{acc: 0.5} (metric -> bound)",
                                        problems)
+    known = local.metric_keys() if local is not None else None  # once per entry, not per use
     if raw_thresholds is not None:
-        known = local.metric_keys() if local is not None else None
         for metric, spec in raw_thresholds.items():
+            if not _finite_bounds(spec, f"{where}.thresholds.{metric}",
+                                  raw_thresholds.line_of(metric), problems):
+                continue
             t = _threshold(str(metric), spec, f"{where}.thresholds.{metric}",
                            raw_thresholds.line_of(metric), known, shown, problems)
             if t is not None:
@@ -454,7 +501,7 @@ def _task(raw: Any, where: str, line: int, defaults: yamlpos.PosDict, index: Tas
     default_tolerance = _tolerance(defaults.get("regression"), "defaults.regression",
                                    getattr(defaults, "key_lines", {}).get("regression", raw.line),
                                    shown, problems)
-    regression = _regression(raw, where, local.metric_keys() if local is not None else None,
+    regression = _regression(raw, where, known,
                              shown, problems)
     if require_thresholds and not thresholds and raw.get("thresholds") is None \
             and not budgets:
@@ -479,9 +526,10 @@ def _tolerance(spec: Any, where: str, line: int, shown: Path,
     values = {}
     for key in ("abs", "rel"):
         v = spec.get(key, 0.0)
-        if isinstance(v, bool) or not isinstance(v, int | float) or math.isnan(v) or v < 0:
+        if isinstance(v, bool) or not isinstance(v, int | float) or not math.isfinite(v) \
+                or v < 0:
             problems.add(spec.line_of(key), f"{where}.{key}",
-                         f"{v!r} is not valid: a number >= 0")
+                         f"{v!r} is not valid: a finite number >= 0")
             v = 0.0
         values[key] = float(v)
     return Tolerance(values["abs"], values["rel"], Loc(shown, line))
@@ -520,11 +568,26 @@ def _regression(raw: yamlpos.PosDict, where: str, known: dict[str, bool] | None,
 def _check_data_files(local: LocalTask, raw: yamlpos.PosDict, where: str,
                       problems: _Problems) -> None:
     # checked against the workdir at run time too; here only an absolute miss is certain
-    for spec in local.data_files():
-        if Path(spec).is_absolute() and not Path(spec).exists():
-            problems.add(raw.line_of("task"), f"{where}.task",
-                         f"task {local.name!r} ({local.path}) reads data file {spec!r}, "
-                         "which does not exist")
+    for spec in local.missing_absolute_data_files():
+        problems.add(raw.line_of("task"), f"{where}.task",
+                     f"task {local.name!r} ({local.path}) reads data file {spec!r}, "
+                     "which does not exist")
+
+
+def _finite_bounds(spec: Any, where: str, line: int, problems: _Problems) -> bool:
+    """False (and reported) when a bound or tolerance is nan or infinite: a gate that either
+    cannot pass (nan, or a bound at infinity) or cannot fail (an infinite tolerance)."""
+    values = ([(None, line, spec)] if not isinstance(spec, yamlpos.PosDict) else
+              [(k, spec.line_of(k), spec[k]) for k in ("min", "max", "tolerance") if k in spec])
+    ok = True
+    for key, at, value in values:
+        if isinstance(value, float) and not math.isfinite(value):
+            what = ("a tolerance" if key == "tolerance" else "a bound") + f" of {value!r}"
+            problems.add(at, f"{where}.{key}" if key else where,
+                         f"{what} is not valid: write a finite number (a gate at nan or "
+                         "infinity always fails or always passes)")
+            ok = False
+    return ok
 
 
 def _threshold(metric: str, spec: Any, where: str, line: int, known: dict[str, bool] | None,
