@@ -11,6 +11,9 @@ from pathlib import Path
 
 import pytest
 
+from conftest import Demo
+from helpers import model_block, write_suite
+
 ROOT = Path(__file__).resolve().parent.parent
 
 
@@ -140,3 +143,38 @@ def test_the_worker_imports_nothing_of_pytest() -> None:
             found += [f"worker/{path.name}:{node.lineno}: {n}" for n in names
                       if n.split(".")[0] in ("pytest", "_pytest", "pluggy")]
     assert found == []
+
+
+HOOKS_SUITE = """\
+disteval: 1
+include: [tasks]
+models:
+{model}tasks:
+  - task: arith_mc
+    limit: 8
+    thresholds: {{acc: 0.0}}
+  - task: arith_gen
+    name: arith_gen-3shot
+    num_fewshot: 3
+    limit: 4
+    thresholds:
+      exact_match,strict-match: 0.0
+"""
+
+
+def test_the_maps_hook_example_runs(project: pytest.Pytester, demo: Demo) -> None:
+    # the example a plugin writer copies: as the page's conftest.py, on the demo model
+    section = MAP.read_text(encoding="utf-8").split("## Hooks for plugin writers", 1)[1]
+    project.makeconftest(section.split("```python\n", 1)[1].split("```", 1)[0])
+    write_suite(project, "smoke", HOOKS_SUITE.format(model=model_block("tiny", demo.good)))
+    collected = project.runpytest("--collect-only", "-q", "suites")
+    assert [line for line in collected.outlines if "zero-shot" in line] == [
+        "suites/smoke.yaml::tiny::arith_mc::zero-shot",
+        "suites/smoke.yaml::tiny::arith_gen-3shot::zero-shot",
+    ]
+    result = project.runpytest("-s", "-p", "no:cacheprovider", "suites")
+    result.assert_outcomes(passed=3, failed=1)  # the 3-shot entry is not zero-shot
+    ran = re.findall(r"tiny: \['arith_gen-3shot', 'arith_mc'\] in \d+\.\d s", result.stdout.str())
+    assert len(ran) == 1, result.stdout.str()  # once per job, though both threshold items read it
+    warm = project.runpytest("-s", "-p", "no:cacheprovider", "suites")
+    assert "tiny: [" not in warm.stdout.str()  # a job read from the store did not run
