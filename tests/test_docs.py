@@ -41,11 +41,6 @@ def test_every_page_is_in_the_nav() -> None:
 
 PACKAGE = ROOT / "pytest_disteval"
 MAP = ROOT / "docs" / "architecture.md"
-# Modules of branch house-jobs (engineer A's carve-up of jobs/, worker/, store/,
-# executors/), described by the map before that branch is merged: remove at its merge.
-PENDING = {"jobs/launch.py", "jobs/sharded.py", "jobs/plans.py", "jobs/outcome.py",
-           "worker/spec.py", "worker/faults.py", "store/responses.py",
-           "executors/forkserver_main.py"}
 TOKEN = re.compile(r"`([^`\s]+)`")
 MODULE = re.compile(r"[a-z_][a-z0-9_/]*\.py")  # a module path, as the map writes one
 
@@ -81,7 +76,7 @@ def test_the_map_names_every_module_and_only_modules_that_exist() -> None:
     missing = sorted(wanted - named)
     assert not missing, f"docs/architecture.md does not name {missing}: add each to its row"
     repo = {t for t in named if t.split("/")[0] in ("tests", "benchmarks")}
-    gone = sorted(t for t in named - modules - repo - PENDING)
+    gone = sorted(t for t in named - modules - repo)
     gone += sorted(t for t in repo if not (ROOT / t).is_file())
     assert not gone, f"docs/architecture.md names modules that do not exist: {gone}"
     rows = map_rows()
