@@ -92,7 +92,7 @@ class Backend:
 
 
 BACKENDS: dict[str, Backend] = {
-    # forked from a server that imported its model stack (tests/test_forkserver_runs.py)
+    # forked from a server that imported its model stack (tests/integration/test_forkserver_runs.py)
     "hf": Backend("hf", "hf", "transformers", "pip install 'pytest-disteval[hf]'",
                   splits_heads=False, torchrun=False, weights_key="pretrained",
                   distributions=("transformers", "accelerate"),

@@ -5,7 +5,7 @@ them; the regression feature (``regression/plugin.py``) is one implementation, a
 third-party plugin or a ``conftest.py`` may be another. The dependency runs one
 way: ``regression/`` imports ``items/``, never the reverse
 (``grep -rn "import.*regression" pytest_disteval/items`` finds nothing;
-tests/test_hooks.py checks it).
+tests/integration/test_hooks.py checks it).
 """
 
 from __future__ import annotations

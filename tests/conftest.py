@@ -3,14 +3,19 @@
 from __future__ import annotations
 
 import shutil
+import uuid as uuidlib
 from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 
+from pytest_disteval.gpu.inventory import GPU
+from pytest_disteval.gpu.lease import LeaseManager
+
 ROOT = Path(__file__).resolve().parent.parent
 DEMO_MODELS = ROOT / "demo" / "models"
 SUITES = ROOT / "suites"
+GIB = 2**30
 
 
 @dataclass(frozen=True)
@@ -36,3 +41,17 @@ def project(pytester: pytest.Pytester) -> pytest.Pytester:
 def _no_step_summary(monkeypatch: pytest.MonkeyPatch) -> None:
     # the suites that tests run in-process must not append to a real CI job's summary
     monkeypatch.delenv("GITHUB_STEP_SUMMARY", raising=False)
+
+
+@pytest.fixture
+def gpus() -> list[GPU]:
+    """Four fake 80 GiB GPUs for lease tests."""
+    # UUIDs unique per test, because the in-process lease registry is keyed by UUID
+    tag = uuidlib.uuid4().hex[:12]
+    return [GPU(i, f"GPU-{tag}-{i}", "Fake", 80 * GIB, 80 * GIB) for i in range(4)]
+
+
+@pytest.fixture
+def manager(tmp_path: Path) -> LeaseManager:
+    """A lease manager on a lock dir of the test's own (that does not exist yet)."""
+    return LeaseManager(tmp_path / "locks" / "nested", poll_interval=0.005)

@@ -153,7 +153,7 @@ class Launcher:
 
         The same on the CPU and on GPUs: the server imports torch without initialising
         CUDA (executors/forkserver.py checks), and forked hf workers scored the same on
-        an H200 (tests/test_gpu.py; docs/benchmarks.md section 7).
+        an H200 (tests/integration/test_gpu.py; docs/benchmarks.md section 7).
         """
         if self.settings.worker_start == "subprocess":
             return None

@@ -5,7 +5,7 @@
   multiple-choice task that is 4,000 compilations, most of the time lm-eval
   spends building requests. Compiled templates are kept per template string;
   the same Template renders the same text, so contexts, requests and scores are
-  unchanged (tests/test_lm_eval_equality.py compares with a plain lm-eval run).
+  unchanged (tests/integration/test_lm_eval_equality.py compares with a plain lm-eval run).
 - ``simple_evaluate`` ends with ``add_env_info``, which runs torch's
   ``collect_env`` (a dozen subprocesses: nvidia-smi, pip, ...) every call. The
   environment does not change within a worker: it is collected once, in a

@@ -1,7 +1,7 @@
 """Budget logic over constructed job records and timelines; counting over a fake model.
 
 The GPU path runs the real GpuSampler against a fake NVML (same interface as pynvml);
-the real NVML one is tests/test_gpu.py.
+the real NVML one is tests/integration/test_gpu.py.
 """
 
 from __future__ import annotations

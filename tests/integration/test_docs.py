@@ -14,7 +14,7 @@ import pytest
 from conftest import Demo
 from helpers import model_block, write_suite
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def test_the_guide_builds_strict(tmp_path: Path) -> None:

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 
 # the console script over a PEP 660 editable install: sys.path without the checkout, the
 # package found by a meta-path finder after PathFinder (as setuptools' finder is)

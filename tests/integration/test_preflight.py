@@ -97,7 +97,7 @@ def test_a_failing_check_stops_a_gpu_run_before_any_worker(project: pytest.Pytes
 
 def test_the_preflight_reads_gpus_through_the_nvml_interface(
         project: pytest.Pytester, demo: Demo, monkeypatch: pytest.MonkeyPatch) -> None:
-    sys.path.insert(0, str(Path(__file__).parent / "unit"))
+    sys.path.insert(0, str(Path(__file__).parents[1] / "unit"))
     try:
         from test_doctor import DriverNvml
     finally:

@@ -14,7 +14,7 @@ import yaml
 from pytest_disteval.suite.model import SuiteError
 from pytest_disteval.suite.parse import SCHEMA_PATH, is_suite, load_suite
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 
 
 @pytest.fixture

@@ -2,7 +2,7 @@
 
 A CPU cannot run out of GPU memory, so ``DISTEVAL_FAULT=oom:N`` makes the real
 HF model's calls of more than N rows raise torch's OutOfMemoryError; the retry
-itself is the real one (lm-eval's HFLM batching). tests/test_gpu.py runs a real
+itself is the real one (lm-eval's HFLM batching). tests/integration/test_gpu.py runs a real
 CUDA OOM.
 """
 

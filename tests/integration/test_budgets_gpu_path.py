@@ -2,7 +2,7 @@
 
 The job really runs (the demo model on the CPU); only its GPU section is replaced by
 figures from NVML timelines sampled by the real GpuSampler over a fake NVML with the
-interface of pynvml. The real NVML path is tests/test_gpu.py.
+interface of pynvml. The real NVML path is tests/integration/test_gpu.py.
 """
 
 from __future__ import annotations

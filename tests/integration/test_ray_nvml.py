@@ -3,7 +3,7 @@
 The actor (executors/ray_actor.py) samples the GPUs its CUDA_VISIBLE_DEVICES names
 while its worker subprocess runs, over an NVML with pynvml's interface; the driver
 (executors/ray.py) writes the timeline into the run directory, renumbered over the
-cluster, where the job record reads it. tests/test_ray.py runs this through Ray.
+cluster, where the job record reads it. tests/integration/test_ray.py runs this through Ray.
 """
 
 from __future__ import annotations

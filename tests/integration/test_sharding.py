@@ -345,7 +345,9 @@ def test_assign_shards_is_deterministic_across_processes_and_hash_seeds() -> Non
         out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
                              check=True, cwd=Path(__file__).parent,
                              env={**env(), "PYTHONHASHSEED": seed,
-                                  "PYTHONPATH": f"{ROOT}{os.pathsep}{Path(__file__).parent}"})
+                                  "PYTHONPATH": os.pathsep.join(  # the module, its conftest
+                                      [str(ROOT), str(Path(__file__).parent),
+                                       str(Path(__file__).parents[1])])})
         runs.add(out.stdout)
     reqs = [Req(f"q{i}", {"until": ["x"]}) for i in range(300)]
     here = json.dumps(assign_shards(reqs, "generate_until", 4, lambda r: 5))
