@@ -210,7 +210,7 @@ tasks:
 """)
     result = project.runpytest("suites", "--collect-only")
     result.stdout.fnmatch_lines([
-        "suites/bad.yaml:4: defaults.regression.abs: -1 is not valid: a number >= 0",
+        "suites/bad.yaml:4: defaults.regression.abs: -1 is not valid: a finite number >= 0",
         "suites/bad.yaml:15: tasks[0].regression.accc: the task does not produce metric 'accc' "
         "(did you mean 'acc'?); it produces: acc, acc_norm",
         "suites/bad.yaml:16: tasks[0].regression.acc_norm.absolute: unknown key; valid keys "
