@@ -37,12 +37,8 @@ class JobOutcome:
     results_path: Path | None = None
     skip_reason: str | None = None  # the backend is not installed (and not required)
     partial: bool = False  # this session evaluated only some entries, the rest were stored
-    record: dict[str, Any] | None = None  # the job record (jobrecord.py): what budgets read
+    record: dict[str, Any] | None = None  # the job record (jobs/record.py): what budgets read
     warned: bool = False  # the GPU imbalance warning was issued (once per job)
-
-    @property
-    def fully_cached(self) -> bool:
-        return bool(self.entries) and self.cached == set(self.entries) and self.wall_s is None
 
 
 class JobRegistry:
