@@ -54,6 +54,9 @@ class JobFailure:
     log_path: Path | None = None
     tail: str = ""
     timed_out: bool = False
+    # found before any worker started (jobs/precheck.py): the same for every item of the
+    # job, so its first item tells it and the others point there
+    precheck: bool = False
 
     def render(self) -> str:
         lines = [self.message]
