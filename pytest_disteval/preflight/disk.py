@@ -108,8 +108,8 @@ def models(jobs: Iterable[EvalJob], environ: Mapping[str, str]) -> list[Check]:
         looked, fix = weights_missing(model, workdir, environ)
         checks.append(Check(
             name, WARN if missing_backend else FAIL,
-            f"{model.weights!r} is not on this machine ({'; '.join(looked)}); the workers "
-            "run offline"
+            f"{model.weights!r} is neither a local path nor in the HF cache "
+            f"({'; '.join(looked)}); the workers run offline"
             + ("; its backend is missing, so its items skip anyway" if missing_backend
                else ""),
             " or ".join(fix)))
@@ -142,9 +142,10 @@ def weights_missing(model: ModelSpec, workdir: Path,
         repo = hf_hub_cache(environ) / f"models--{weights.replace('/', '--')}"
         looked.append(f"as a hub id, no {'revision ' + str(revision) + ' in ' if revision else ''}"
                       f"{repo}")
-        fixes.insert(0, f"where there is network, download it into the cache the workers read "
-                        f"(HF_HOME, HF_HUB_CACHE): hf download {weights}"
-                        + (f" --revision {revision}" if revision else ""))
+        fixes.insert(0, f"where there is network: hf download {weights}"
+                        + (f" --revision {revision}" if revision else "")
+                        + " (with the same HF_HOME or HF_HUB_CACHE as pytest: the "
+                        "workers read that cache)")
     return looked, fixes
 
 

@@ -113,7 +113,8 @@ def test_a_missing_model_says_offline_where_it_looked_and_how_to_get_it(tmp_path
     assert lines[1] == (f"- model_args.pretrained 'org/absent': no directory "
                         f"{ROOT / 'suites/org/absent'}; as a hub id, no "
                         f"{hub / 'models--org--absent'}")
-    assert lines[2].endswith(": hf download org/absent")
+    assert lines[2] == ("  fix: where there is network: hf download org/absent (with the "
+                        "same HF_HOME or HF_HUB_CACHE as pytest: the workers read that cache)")
     assert lines[3].startswith("   or: point model_args.pretrained at the model's directory")
     assert all(f"{k}=1" in lines[4] for k in OFFLINE_ENV if k.endswith("OFFLINE"))
     assert "offline on purpose" in lines[4]
