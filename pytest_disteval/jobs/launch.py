@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import threading
 from dataclasses import dataclass, field, replace
 from datetime import datetime, timezone
@@ -42,6 +43,11 @@ OFFLINE_ENV = {
     "TOKENIZERS_PARALLELISM": "false",
     "PYTHONUNBUFFERED": "1",
 }
+
+
+# how transformers, huggingface_hub and datasets say an offline worker missed a file
+_OFFLINE_MISS = re.compile(r"couldn't connect to 'https://huggingface\.co'|OfflineModeIsEnabled|"
+                           r"LocalEntryNotFoundError|offline mode is enabled", re.IGNORECASE)
 
 
 @dataclass
@@ -109,6 +115,12 @@ def failure(job: EvalJob, run: WorkerRun, error_file: Path,
         message = f"worker for model {job.name!r} exited with code {run.returncode}"
     elif run.returncode != EXIT_BAD_REQUEST:
         message = f"worker for model {job.name!r} failed: {message}"
+    if not run.timed_out and _OFFLINE_MISS.search(message):
+        # what the precheck (jobs/precheck.py) could not see, e.g. a file of a snapshot
+        message += ("\nthe workers run offline on purpose (the plugin sets "
+                    f"{', '.join(k for k in OFFLINE_ENV if k.endswith('OFFLINE'))}): what the "
+                    "job reads must be on this machine beforehand; pytest --disteval-doctor "
+                    "says what is missing and the hf download command that gets it")
     return JobFailure(message, run.command, run.returncode, run.log_path,
                       log_tail(run.log_path), run.timed_out)
 

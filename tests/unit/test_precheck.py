@@ -4,11 +4,14 @@ knows. lm-eval's own index is compared in tests/test_precheck.py (it imports lm-
 
 from __future__ import annotations
 
+import json
 import textwrap
 from pathlib import Path
 
 import pytest
 
+from pytest_disteval.executors.base import WorkerRun
+from pytest_disteval.jobs import launch
 from pytest_disteval.jobs.job import EvalJob
 from pytest_disteval.jobs.launch import OFFLINE_ENV
 from pytest_disteval.jobs.precheck import precheck
@@ -140,3 +143,23 @@ def test_every_problem_of_a_job_is_told_at_once_and_each_task_once(tmp_path: Pat
     assert failure is not None and "weights" not in failure.message
     assert "offline" not in failure.message
     assert precheck(job, [job.entries[1]], weights=False) is None
+
+
+def test_a_worker_that_missed_a_file_offline_says_the_run_is_offline(tmp_path: Path) -> None:
+    # what the precheck cannot see (a snapshot without its weights): the worker's own error
+    job = job_of(tmp_path, str(ROOT / "demo/models/tiny-arith"), ["arith_mc"])
+    log = write(tmp_path / "w.log", "Traceback (most recent call last):\n  ...\n")
+    error = tmp_path / "error.json"
+    error.write_text(json.dumps({"message": "OSError: We couldn't connect to "
+                                 "'https://huggingface.co' to load the files"}))
+    run = WorkerRun(["python", "-m", "pytest_disteval.worker"], 1, 1.0, False, log)
+    failure = launch.failure(job, run, error, None)
+    assert failure is not None and not failure.precheck
+    lines = failure.message.splitlines()
+    assert lines[0].startswith("worker for model 'm' failed: OSError: We couldn't connect")
+    assert lines[1].startswith("the workers run offline on purpose (the plugin sets "
+                               "HF_HUB_OFFLINE, HF_DATASETS_OFFLINE")
+    assert "pytest --disteval-doctor" in lines[1]
+    error.write_text(json.dumps({"message": "ValueError: bad config"}))
+    assert launch.failure(job, run, error, None).message == (  # type: ignore[union-attr]
+        "worker for model 'm' failed: ValueError: bad config")
