@@ -4,7 +4,7 @@ The workers run offline (HF_HUB_OFFLINE=1), so every model and hub dataset must
 already be on disk: a local path or the HF caches. The fixes name the ``hf``
 command (huggingface_hub's CLI; the venvs have no ``huggingface-cli``)
 that downloads what is missing. The lookups here (``find_weights``,
-``known_tasks``) are the scheduler's too: a job whose model or task is missing
+``unknown_task``) are the scheduler's too: a job whose model or task is missing
 fails before its worker starts (jobs/precheck.py).
 """
 
@@ -282,58 +282,64 @@ def task_names(roots: tuple[Path, ...]) -> frozenset[str]:
     As lm-eval's TaskIndex registers them: tags come from the file or from the files it
     includes (``_default_template_yaml``), keys may be quoted. A superset is harmless (the
     worker checks again); a name missed would fail a job lm-eval would have run, so
-    tests/unit/test_precheck.py compares this with lm-eval's own index.
+    tests/test_precheck.py compares this with lm-eval's own index.
     """
-    keys: dict[Path, dict[str, list[str]]] = {}
+    keys: dict[str, dict[str, list[str]]] = {}
+    named: dict[str, set[str]] = {}  # a template included by a thousand files is read once
     names: set[str] = set()
     for root in roots:
-        for path in root.rglob("*.y*ml"):
-            if path.suffix in {".yaml", ".yml"} and not _IGNORED_DIRS.intersection(path.parts):
-                names.update(_yaml_names(path, keys, {path}))
+        # strings, not Paths: 14k files, and pathlib costs more than reading them
+        for folder, dirs, files in os.walk(root):
+            dirs[:] = [d for d in dirs if d not in _IGNORED_DIRS]
+            for file in files:
+                if file.endswith((".yaml", ".yml")):
+                    names.update(_yaml_names(os.path.join(folder, file), keys, named, ()))
     return frozenset(names)
 
 
-def _yaml_names(path: Path, keys: dict[Path, dict[str, list[str]]],
-                seen: set[Path]) -> set[str]:
+def _yaml_names(path: str, keys: dict[str, dict[str, list[str]]],
+                named: dict[str, set[str]], stack: tuple[str, ...]) -> set[str]:
+    if path in named:
+        return named[path]
     found = _top_keys(path, keys)
-    names = set(found.get("tag", ()))
-    for key in ("task", "group"):
-        if len(found.get(key, ())) == 1:  # a list under task: is a group's members
-            names.add(found[key][0])
+    names = {*found.get("task", ()), *found.get("group", ()), *found.get("tag", ())}
     for include in found.get("include", ()):
-        included = Path(os.path.normpath(path.parent / include))
-        if included not in seen:  # an include cycle is lm-eval's error, not a hang here
-            names.update(_yaml_names(included, keys, seen | {included}))
+        included = os.path.normpath(os.path.join(os.path.dirname(path), include))
+        if included not in stack:  # an include cycle is lm-eval's error, not a hang here
+            names.update(_yaml_names(included, keys, named, (*stack, path)))
+    named[path] = names
     return names
 
 
-def _top_keys(path: Path, cache: dict[Path, dict[str, list[str]]]) -> dict[str, list[str]]:
+def _top_keys(path: str, cache: dict[str, dict[str, list[str]]]) -> dict[str, list[str]]:
     """The values of ``task``, ``group``, ``tag`` and ``include`` in one file (read once)."""
     if path in cache:
         return cache[path]
     found: dict[str, list[str]] = {}
     cache[path] = found
     try:
-        text = path.read_text(encoding="utf-8")
+        with open(path, encoding="utf-8") as handle:
+            text = handle.read()
     except (OSError, UnicodeDecodeError):
         return found
     for match in _KEY_RE.finditer(text):
         key, rest = match.group(2), match.group(3).strip()
-        if key in found:
-            continue  # the first wins, as a YAML loader warns about the rest
-        if rest.startswith("["):
-            found[key] = [v for v in map(_scalar, rest[1:].split("]", 1)[0].split(",")) if v]
-        elif rest and not rest.startswith("#"):
+        values: list[str] = []
+        if rest and not rest.startswith(("[", "#")):
             value = _scalar(rest)
-            found[key] = [value] if value else []
-        elif key in {"tag", "include"}:  # a block list; under task: it is a group's members
-            values, pos = [], match.end()
-            while (item := _ITEM_RE.match(text, pos)) is not None:
-                value = _scalar(item.group(1))
-                if value:
-                    values.append(value)
-                pos = item.end()
-            found[key] = values
+            values = [value] if value else []
+        elif key in {"tag", "include"}:  # a list; under task: it is a group's members
+            if rest.startswith("["):
+                values = [v for v in map(_scalar, rest[1:].split("]", 1)[0].split(",")) if v]
+            else:
+                pos = match.end()
+                while (item := _ITEM_RE.match(text, pos)) is not None:
+                    value = _scalar(item.group(1))
+                    if value:
+                        values.append(value)
+                    pos = item.end()
+        # a key written twice: either may be the one lm-eval reads, keep both
+        found.setdefault(key, []).extend(values)
     return found
 
 
@@ -342,7 +348,7 @@ def _scalar(text: str) -> str | None:
     text = text.strip()
     if text[:1] in {'"', "'"}:
         end = text.find(text[0], 1)
-        return text[1:end] or None if end > 0 else None
+        return (text[1:end] or None) if end > 0 else None
     return re.split(r"[ \t]#", text, maxsplit=1)[0].strip() or None
 
 
