@@ -177,12 +177,21 @@ class DistevalItem(pytest.Item):
         return outcome
 
     def job_failed(self, outcome: JobOutcome, what: str) -> DistevalFailure:
-        assert outcome.failure is not None
-        return DistevalFailure([
-            f"{what}: no result, the evaluation of model {self.job.name!r} failed",
-            *outcome.failure.render().splitlines(),
-            f"defined at: {self.loc}",
-        ])
+        failure = outcome.failure
+        assert failure is not None
+        if not failure.precheck:
+            return DistevalFailure([
+                f"{what}: no result, the evaluation of model {self.job.name!r} failed",
+                *failure.render().splitlines(),
+                f"defined at: {self.loc}",
+            ])
+        # found before any worker started, the same for every item: told once, by the first
+        if outcome.told_by is not None and outcome.told_by != self.nodeid:
+            return DistevalFailure([f"{what}: no result, model {self.job.name!r} was not "
+                                    f"started: see {outcome.told_by}"])
+        outcome.told_by = self.nodeid
+        first, *rest = failure.render().splitlines()
+        return DistevalFailure([f"{what}: no result, {first}", *rest, f"defined at: {self.loc}"])
 
     def fail_verdict(self, verdict: Verdict) -> None:
         self.user_properties.append(("verdict", "pass" if verdict.passed else "fail"))

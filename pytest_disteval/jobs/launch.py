@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import threading
 from dataclasses import dataclass, field, replace
 from datetime import datetime, timezone
@@ -44,6 +45,11 @@ OFFLINE_ENV = {
 }
 
 
+# how transformers, huggingface_hub and datasets say an offline worker missed a file
+_OFFLINE_MISS = re.compile(r"couldn't connect to 'https://huggingface\.co'|OfflineModeIsEnabled|"
+                           r"LocalEntryNotFoundError|offline mode is enabled", re.IGNORECASE)
+
+
 @dataclass
 class JobFailure:
     """Why a job's worker did not deliver; rendered in every item that depended on it."""
@@ -54,6 +60,9 @@ class JobFailure:
     log_path: Path | None = None
     tail: str = ""
     timed_out: bool = False
+    # found before any worker started (jobs/precheck.py): the same for every item of the
+    # job, so its first item tells it and the others point there
+    precheck: bool = False
 
     def render(self) -> str:
         lines = [self.message]
@@ -106,6 +115,12 @@ def failure(job: EvalJob, run: WorkerRun, error_file: Path,
         message = f"worker for model {job.name!r} exited with code {run.returncode}"
     elif run.returncode != EXIT_BAD_REQUEST:
         message = f"worker for model {job.name!r} failed: {message}"
+    if not run.timed_out and _OFFLINE_MISS.search(message):
+        # what the precheck (jobs/precheck.py) could not see, e.g. a file of a snapshot
+        message += ("\nthe workers run offline on purpose (the plugin sets "
+                    f"{', '.join(k for k in OFFLINE_ENV if k.endswith('OFFLINE'))}): what the "
+                    "job reads must be on this machine beforehand; pytest --disteval-doctor "
+                    "says what is missing and the hf download command that gets it")
     return JobFailure(message, run.command, run.returncode, run.log_path,
                       log_tail(run.log_path), run.timed_out)
 

@@ -39,6 +39,7 @@ class JobOutcome:
     partial: bool = False  # this session evaluated only some entries, the rest were stored
     record: dict[str, Any] | None = None  # the job record (jobs/record.py): what budgets read
     warned: bool = False  # the GPU imbalance warning was issued (once per job)
+    told_by: str | None = None  # the item that told a precheck failure (the others point to it)
 
 
 class JobRegistry:

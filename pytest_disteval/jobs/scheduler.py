@@ -28,7 +28,7 @@ from pytest_disteval.gpu.inventory import Inventory
 from pytest_disteval.gpu.lease import LeaseManager, LeaseTimeout
 from pytest_disteval.jobs import record as jobrecord
 from pytest_disteval.jobs.fingerprint import digest
-from pytest_disteval.jobs.job import EvalJob, missing_data_files
+from pytest_disteval.jobs.job import EvalJob
 from pytest_disteval.jobs.launch import JobFailure, Launcher, backend_env, failure, worker_spec
 from pytest_disteval.jobs.outcome import (
     JobOutcome,
@@ -38,6 +38,7 @@ from pytest_disteval.jobs.outcome import (
     write_results,
 )
 from pytest_disteval.jobs.plans import JobPlans, backend_missing
+from pytest_disteval.jobs.precheck import precheck
 from pytest_disteval.jobs.sharded import ShardedRun
 from pytest_disteval.plan.planner import JobPlan
 from pytest_disteval.settings import Settings
@@ -132,8 +133,10 @@ class JobScheduler:
             skip: str | None = None
             run: WorkerRun | None = None
             if todo:
-                failure = _precheck(job, todo)
-                skip = None if failure else backend_missing(job)
+                skip = backend_missing(job)
+                # the model is looked for only where its worker will run, with a backend
+                failure = precheck(job, todo, weights=skip is None and not self.executor.remote)
+                skip = None if failure else skip
                 if skip and job.model.required:
                     failure, skip = JobFailure(skip), None
                 if failure is None and skip is None:
@@ -259,7 +262,8 @@ class JobScheduler:
 
         Its imports (10-15 s on a GPU machine) then overlap the preflight, the leases
         and the other workers' start instead of following them. Nothing starts when
-        every entry is stored (a warm rerun) or no backend forks (vllm, torchrun).
+        every entry is stored (a warm rerun), no backend forks (vllm, torchrun), or
+        every such job fails its precheck (jobs/precheck.py: nothing to load).
         """
         if self.executor.remote:
             return
@@ -273,8 +277,10 @@ class JobScheduler:
             if backend.torchrun and layout.group_size > 1:
                 continue
             job.set_split(layout.tp, layout.pp)
-            if all(self.store.get(job.model_key, job.entry_key(e)) is not None
-                   for e in job.entries):
+            todo = [e for e in job.entries
+                    if self.store.get(job.model_key, job.entry_key(e)) is None]
+            # nothing to evaluate, or a job that fails before its worker: nothing to load
+            if not todo or precheck(job, todo, weights=True) is not None:
                 continue
             self._local.prestart(self.settings.python, backend.preload, backend_env(backend))
             return
@@ -287,14 +293,3 @@ def _make_executor(settings: Settings, local: LocalExecutor) -> Executor:
         return RayExecutor(settings.ray_address, settings.base_dir / "workers.jsonl")
     return local
 
-
-def _precheck(job: EvalJob, todo: list[TaskEntry]) -> JobFailure | None:
-    """Problems worth reporting before a model is loaded."""
-    for entry in todo:
-        missing = missing_data_files(entry, job.suite.workdir)
-        if missing:
-            return JobFailure(
-                f"task {entry.task!r} ({entry.local.path if entry.local else '?'}) reads "
-                f"{', '.join(missing)}, not found relative to the suite's workdir "
-                f"{job.suite.workdir} (set 'workdir' in the suite to change the base)")
-    return None

@@ -246,21 +246,29 @@ def estimate_parameters(config: Mapping[str, Any], where: Path | str = "config.j
     return int(layers * (attention + mlp + norms) + embeddings + hidden)
 
 
-def local_model_dir(model: str | Path, revision: str | None = None) -> Path | None:
+def hub_id_like(name: str) -> bool:
+    """Whether ``name`` can be a hub id the HF cache holds: ``org/name``, or a legacy id
+    without an org (``gpt2``)."""
+    return bool(name) and name.count("/") <= 1 and not name.startswith((".", "/", "~"))
+
+
+def local_model_dir(model: str | Path, revision: str | None = None,
+                    hub_cache: Path | None = None) -> Path | None:
     """A local directory for `model`: the path itself, or its snapshot in the HF cache.
 
     `revision`: a branch or tag (read from refs/) or a commit hash (a snapshot name).
+    `hub_cache`: the HF hub cache to look in (default: HF_HUB_CACHE, or HF_HOME's hub/).
     """
     path = Path(model).expanduser()
     if path.exists():
         return path
     name = str(model)
-    if name.count("/") != 1:
+    if not hub_id_like(name):
         return None
-    hub = os.environ.get("HF_HUB_CACHE") or os.path.join(
+    hub = hub_cache or Path(os.environ.get("HF_HUB_CACHE") or os.path.join(
         os.environ.get("HF_HOME") or os.path.join(os.path.expanduser("~"), ".cache", "huggingface"),
         "hub",
-    )
+    ))
     repo = Path(hub) / ("models--" + name.replace("/", "--"))
     rev = revision or "main"
     if (repo / "snapshots" / rev).is_dir():

@@ -167,7 +167,10 @@ def test_models_and_datasets_must_resolve_offline(tmp_path: Path, nvml: DriverNv
     checks = by_name(Doctor(sched, probe=nccl_ok).run())  # hub_task: not local, not built in
     assert checks["model"].status == FAIL
     assert "hf download org/tiny" in checks["model"].fix
-    assert checks["dataset hub_task"].status == WARN
+    # the run fails such a job before its worker starts (jobs/precheck.py): so does the doctor
+    assert checks["dataset hub_task"].status == FAIL
+    assert "s.yaml:9) is neither a local task" in checks["dataset hub_task"].detail
+    assert "lm-eval ls tasks" in checks["dataset hub_task"].fix
     # the same model in the HF cache resolves (a snapshot, as huggingface_hub lays it out)
     snap = home / "hub" / "models--org--tiny" / "snapshots" / "abc123"
     snap.mkdir(parents=True)
