@@ -1,11 +1,19 @@
-"""Fixtures shared by the tests: the bundled demo model and tasks, suite writing."""
+"""Fixtures shared by the tests: the bundled demo model and tasks, suite writing, fake GPUs.
+
+Tests are laid out by what they need: tests/unit starts no process (the guard below
+fails a test there that starts one: it belongs in tests/integration), tests/integration
+runs workers, lm-eval, pytest subprocesses, Ray and the browser.
+"""
 
 from __future__ import annotations
 
+import os
 import shutil
+import subprocess
 import uuid as uuidlib
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any, NoReturn
 
 import pytest
 
@@ -15,6 +23,7 @@ from pytest_disteval.gpu.lease import LeaseManager
 ROOT = Path(__file__).resolve().parent.parent
 DEMO_MODELS = ROOT / "demo" / "models"
 SUITES = ROOT / "suites"
+UNIT = ROOT / "tests" / "unit"
 GIB = 2**30
 
 
@@ -55,3 +64,19 @@ def gpus() -> list[GPU]:
 def manager(tmp_path: Path) -> LeaseManager:
     """A lease manager on a lock dir of the test's own (that does not exist yet)."""
     return LeaseManager(tmp_path / "locks" / "nested", poll_interval=0.005)
+
+
+def _refuse(*args: Any, **kwargs: Any) -> NoReturn:
+    raise AssertionError("tests/unit starts no process: move this test to tests/integration")
+
+
+@pytest.fixture(autouse=True)
+def _unit_tests_start_no_process(request: pytest.FixtureRequest,
+                                 monkeypatch: pytest.MonkeyPatch) -> None:
+    # Popen is under subprocess.run and pytester's runpytest_subprocess; fork under
+    # multiprocessing and the forkserver. Here, not in a tests/unit/conftest.py: a second
+    # module named conftest would shadow this one for `from conftest import ...`
+    if request.node.path.is_relative_to(UNIT):
+        monkeypatch.setattr(subprocess.Popen, "__init__", _refuse)
+        monkeypatch.setattr(os, "fork", _refuse)
+        monkeypatch.setattr(os, "posix_spawn", _refuse)

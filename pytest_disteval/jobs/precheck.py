@@ -14,6 +14,8 @@ from collections.abc import Mapping
 
 from pytest_disteval.jobs.job import EvalJob, missing_data_files
 from pytest_disteval.jobs.launch import OFFLINE_ENV, JobFailure
+from pytest_disteval.plan.weights import find_weights, weights_missing
+from pytest_disteval.suite.builtin_tasks import unknown_task
 from pytest_disteval.suite.model import MODEL_KEY, TaskEntry
 
 
@@ -24,15 +26,12 @@ def precheck(job: EvalJob, todo: list[TaskEntry], *, weights: bool,
     ``weights``: check that the model is on this machine (not when its backend is missing,
     its items skip; nor on Ray, whose nodes have disks of their own).
     """
-    # here, not at the top: preflight's modules import the scheduler, which imports this
-    from pytest_disteval.preflight import disk
-
     environ = os.environ if environ is None else environ
     model = job.model
     problems: list[tuple[str, str, list[str]]] = []  # (in short, in full, its fixes)
-    absent = weights and disk.find_weights(model, job.suite.workdir, environ) is None
+    absent = weights and find_weights(model, job.suite.workdir, environ) is None
     if absent:
-        looked, fixes = disk.weights_missing(model, job.suite.workdir, environ)
+        looked, fixes = weights_missing(model, job.suite.workdir, environ)
         problems.append(("its weights are not on this machine",
                          f"model_args.{MODEL_KEY[model.backend]} {model.weights!r}: "
                          f"{'; '.join(looked)}", fixes))
@@ -42,7 +41,7 @@ def precheck(job: EvalJob, todo: list[TaskEntry], *, weights: bool,
             continue
         seen.add(entry.task)
         if entry.local is None:
-            unknown = disk.unknown_task(entry.task, job.suite.include_paths, entry.loc)
+            unknown = unknown_task(entry.task, job.suite.include_paths, entry.loc)
             if unknown is not None:
                 what, fix = unknown
                 problems.append((f"task {entry.task!r} is unknown", what, [fix]))

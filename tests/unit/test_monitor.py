@@ -1,4 +1,4 @@
-"""The NVML sampler, against a fake NVML module (the real one runs in tests/integration/test_gpu.py)."""
+"""The NVML sampler, against a fake NVML (the real one: tests/integration/test_gpu.py)."""
 
 from __future__ import annotations
 

@@ -1,6 +1,7 @@
 """The checks a job passes before its worker starts (jobs/precheck.py) and the lookups they
-share with the doctor (preflight/disk.py): where weights are found, which task names lm-eval
-knows. lm-eval's own index is compared in tests/test_precheck.py (it imports lm-eval)."""
+share with the doctor (plan/weights.py, suite/builtin_tasks.py): where weights are found,
+which task names lm-eval knows. lm-eval's own index is compared in
+tests/integration/test_precheck.py (it imports lm-eval)."""
 
 from __future__ import annotations
 
@@ -16,7 +17,8 @@ from pytest_disteval.jobs.job import EvalJob
 from pytest_disteval.jobs.launch import OFFLINE_ENV
 from pytest_disteval.jobs.precheck import precheck
 from pytest_disteval.plan.sizing import local_model_dir
-from pytest_disteval.preflight.disk import find_weights, task_names, unknown_task
+from pytest_disteval.plan.weights import find_weights
+from pytest_disteval.suite.builtin_tasks import task_names, unknown_task
 from pytest_disteval.suite.parse import parse_suite
 
 ROOT = Path(__file__).resolve().parents[2]

@@ -9,7 +9,7 @@ import sys
 
 import pytest
 
-from pytest_disteval.preflight.disk import builtin_task_names
+from pytest_disteval.suite.builtin_tasks import builtin_task_names
 
 from conftest import Demo
 from helpers import model_block, write_suite
