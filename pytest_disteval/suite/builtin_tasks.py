@@ -84,7 +84,7 @@ def task_names(roots: tuple[Path, ...]) -> frozenset[str]:
     As lm-eval's TaskIndex registers them: tags come from the file or from the files it
     includes (``_default_template_yaml``), keys may be quoted. A superset is harmless (the
     worker checks again); a name missed would fail a job lm-eval would have run, so
-    tests/integration/test_precheck.py compares this with lm-eval's own index.
+    tests/integration/test_precheck_runs.py compares this with lm-eval's own index.
     """
     keys: dict[str, dict[str, list[str]]] = {}
     named: dict[str, set[str]] = {}  # a template included by a thousand files is read once

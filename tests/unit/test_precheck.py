@@ -1,7 +1,7 @@
 """The checks a job passes before its worker starts (jobs/precheck.py) and the lookups they
 share with the doctor (plan/weights.py, suite/builtin_tasks.py): where weights are found,
 which task names lm-eval knows. lm-eval's own index is compared in
-tests/integration/test_precheck.py (it imports lm-eval)."""
+tests/integration/test_precheck_runs.py (it imports lm-eval)."""
 
 from __future__ import annotations
 
