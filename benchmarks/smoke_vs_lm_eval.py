@@ -27,8 +27,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import resource
-import shutil
 import statistics
 import subprocess
 import sys
@@ -37,12 +35,11 @@ import time
 from pathlib import Path
 from typing import Any
 
-from _common import machine_info
+import _common as bench
+from _common import MODEL_DIR, REPO, BenchError
 
-REPO = Path(__file__).resolve().parent.parent
 SUITES = REPO / "suites"
 SUITE = SUITES / "smoke.yaml"
-MODEL_DIR = REPO / "demo" / "models" / "tiny-arith"
 TASKS = ["arith_mc", "arith_gen"]
 MODEL_NAME = "tiny-arith"  # the model's name in smoke.yaml
 
@@ -89,20 +86,11 @@ LABELS = {
 }
 
 
-class BenchError(Exception):
-    pass
-
-
 class KeyChanged(BenchError):
     """The cache key moved under a round (a shared tree being edited): the round is redone."""
 
 
 # -- running and timing ---------------------------------------------------------------
-
-
-def children_cpu() -> float:
-    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
-    return usage.ru_utime + usage.ru_stime
 
 
 def timed(cmd: list[str], cwd: Path, env: dict[str, str], log: Path) -> dict[str, Any]:
@@ -111,12 +99,12 @@ def timed(cmd: list[str], cwd: Path, env: dict[str, str], log: Path) -> dict[str
     with log.open("w", encoding="utf-8") as out:
         out.write(f"$ (cd {cwd} && {' '.join(cmd)})\n")
         out.flush()
-        cpu0 = children_cpu()
+        cpu0 = bench.children_cpu()
         t0 = time.perf_counter()
         proc = subprocess.run(cmd, cwd=cwd, env=env, stdout=out, stderr=subprocess.STDOUT,
                               stdin=subprocess.DEVNULL, check=False)
         wall = time.perf_counter() - t0
-        cpu = children_cpu() - cpu0
+        cpu = bench.children_cpu() - cpu0
     if proc.returncode != 0:
         tail = "\n".join(log.read_text(encoding="utf-8", errors="replace").splitlines()[-40:])
         raise BenchError(f"command failed with exit code {proc.returncode}:\n  "
@@ -411,40 +399,26 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--rounds", type=int, default=3, help="rounds to time (default 3)")
-    ap.add_argument("--json", type=Path, metavar="PATH", help="also write the results here")
-    ap.add_argument("--python", default=sys.executable,
-                    help="interpreter for the timed processes (default: this one)")
     ap.add_argument("--no-noidx", action="store_true",
                     help="skip the lm_eval CLI run without the built-in task index")
     ap.add_argument("--no-warmup", action="store_true",
                     help="skip the untimed import warm-up (page cache) before round 1")
-    ap.add_argument("--bytecode-cache", action="store_true",
-                    help="let the timed processes cache bytecode under a temporary "
-                         "PYTHONPYCACHEPREFIX even if PYTHONDONTWRITEBYTECODE is set "
-                         "(nothing is written into the repository)")
     ap.add_argument("--retries", type=int, default=2,
                     help="times a round is redone when the cache key changed between its cold "
                          "and warm run, i.e. the code or packages changed meanwhile (default 2)")
-    ap.add_argument("--keep", action="store_true", help="keep the temporary directory")
-    ap.add_argument("--strict", action="store_true", help="exit 2 when a target is missed")
+    bench.add_run_options(ap, keep="the temporary directory")
     args = ap.parse_args()
     if args.rounds < 1:
         ap.error("--rounds must be at least 1")
 
     env = dict(os.environ)
     env.update(OFFLINE_ENV)
-    machine = machine_info()
+    machine = bench.machine_info()
     work = Path(tempfile.mkdtemp(prefix="disteval-bench-smoke-"))
-    no_bytecode = bool(os.environ.get("PYTHONDONTWRITEBYTECODE"))
-    if args.bytecode_cache:
-        env.pop("PYTHONDONTWRITEBYTECODE", None)
-        env["PYTHONPYCACHEPREFIX"] = str(work / "pycache")
-    machine["bytecode"] = ("cached under a temporary PYTHONPYCACHEPREFIX" if args.bytecode_cache
-                           else "not written (PYTHONDONTWRITEBYTECODE is set)" if no_bytecode
-                           else "as the environment has it")
+    machine["bytecode"] = bench.bytecode_setting(env, work, args.bytecode_cache)
     print(f"work dir: {work}", flush=True)
-    ok = False
-    try:
+
+    def measure() -> int:
         if not args.no_warmup:
             print("warm-up (untimed): import torch/transformers/lm_eval; collect the smoke suite",
                   flush=True)
@@ -560,25 +534,16 @@ def main() -> int:
         print()
         print(report(result))
         if args.json:
-            args.json.parent.mkdir(parents=True, exist_ok=True)
-            args.json.write_text(json.dumps(result, indent=1, default=str) + "\n",
-                                 encoding="utf-8")
-            print(f"\nwrote {args.json}")
-        ok = True
+            print()
+            bench.write_json(args.json, result, default=str)
         missed = [k for k, v in ratios.items()
                   if v["value"] is not None and v["value"] > v["target"]]
         if missed and args.strict:
             print(f"targets missed: {', '.join(missed)}", file=sys.stderr)
             return 2
         return 0
-    except BenchError as exc:
-        print(f"\nBENCHMARK FAILED: {exc}", file=sys.stderr)
-        return 1
-    finally:
-        if ok and not args.keep:
-            shutil.rmtree(work, ignore_errors=True)
-        else:
-            print(f"(kept {work})", file=sys.stderr)
+
+    return bench.run_benchmark(measure, work, args.keep)
 
 
 if __name__ == "__main__":

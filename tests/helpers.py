@@ -28,6 +28,32 @@ def model_block(name: str, path: Path, *, extra: str = "") -> str:
     return block + textwrap.indent(textwrap.dedent(extra), "    ") if extra else block
 
 
+def good_model_suite(pytester: pytest.Pytester, name: str, checkpoint: Path,
+                     tasks: str) -> Path:
+    """``suites/<name>.yaml``: the local tasks, the demo checkpoint as model ``good``
+    (``model_block``), and ``tasks``, the suite's ``tasks:`` block."""
+    return write_suite(pytester, name, "disteval: 1\ninclude: [tasks]\nmodels:\n"
+                       + model_block("good", checkpoint) + tasks)
+
+
+def plan_suite(pytester: pytest.Pytester, pretrained: Path, backend: str = "hf", *,
+               dtype: str = "float32", model_keys: str = "") -> Path:
+    """``suites/plan.yaml`` for the plan and layout tests: model ``m`` (``pretrained`` on
+    ``backend``, with the ``key: value`` lines of ``model_keys``) and one arith_mc entry."""
+    keys = textwrap.indent(model_keys.strip() + "\n", "    ") if model_keys else ""
+    return write_suite(pytester, "plan", f"""\
+disteval: 1
+include: [tasks]
+models:
+  - name: m
+    backend: {backend}
+    model_args: {{pretrained: {pretrained}, dtype: {dtype}}}
+{keys}tasks:
+  - task: arith_mc
+    thresholds: {{acc: 0.5}}
+""")
+
+
 # a 3-shot multiple-choice task and a generation task, small: the dp and executor tests
 DP_TASKS = """\
 tasks:

@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import functools
 import json
 from pathlib import Path
 
 import pytest
 
 from conftest import Demo
-from helpers import write_suite
+from helpers import plan_suite
 
 LLAMA_70B = {
     "architectures": ["LlamaForCausalLM"], "model_type": "llama", "hidden_size": 8192,
@@ -18,20 +19,8 @@ LLAMA_70B = {
 }
 
 
-def suite(project: pytest.Pytester, pretrained: Path, backend: str = "hf",
-          extra: str = "") -> None:
-    write_suite(project, "plan", f"""\
-        disteval: 1
-        include: [tasks]
-        models:
-          - name: m
-            backend: {backend}
-            model_args: {{pretrained: {pretrained}, dtype: float16}}
-        {extra}
-        tasks:
-          - task: arith_mc
-            thresholds: {{acc: 0.9}}
-        """)
+# float16: the dtype the memory estimates below (the 70B model's GiB per replica) assume
+suite = functools.partial(plan_suite, dtype="float16")
 
 
 @pytest.fixture
@@ -61,7 +50,7 @@ def test_gpus_8_tp_4_gives_two_groups_of_four(project: pytest.Pytester, big_mode
 
 def test_tp_auto_picks_the_smallest_group_that_holds_the_model(
         project: pytest.Pytester, big_model: Path) -> None:
-    suite(project, big_model, "vllm", extra="    tp: auto")
+    suite(project, big_model, "vllm", model_keys="tp: auto")
     result = project.runpytest("--disteval-plan", "--disteval-fake-gpus", "8x80GB")
     result.stdout.fnmatch_lines(["job suites/plan.yaml::m  backend=vllm  tp=4 pp=1 dp=2"])
     result = project.runpytest("--disteval-plan", "--disteval-fake-gpus", "8x40GB")
@@ -70,7 +59,7 @@ def test_tp_auto_picks_the_smallest_group_that_holds_the_model(
 
 def test_a_model_that_cannot_fit_is_refused_before_anything_starts(
         project: pytest.Pytester, big_model: Path) -> None:
-    suite(project, big_model, "vllm", extra="    tp: auto")
+    suite(project, big_model, "vllm", model_keys="tp: auto")
     result = project.runpytest("--disteval-plan", "--disteval-fake-gpus", "8x16GB")
     result.stdout.fnmatch_lines(["  cannot lay out: the model needs about 16* GB*per replica*"
                                  "a GPU has 16* GB*"])
@@ -114,7 +103,7 @@ def test_a_missing_backend_skips_with_the_install_command_or_fails_if_required(
     result.assert_outcomes(skipped=1)
     result.stdout.fnmatch_lines(["*backend 'sglang' is not installed*install it with: "
                                  "pip install 'sglang?all?'*"])
-    suite(project, demo.good, "sglang", extra="    required: true")
+    suite(project, demo.good, "sglang", model_keys="required: true")
     project.runpytest("--gpus", "0").assert_outcomes(failed=1)
 
 

@@ -12,7 +12,7 @@ from typing import Any
 import pytest
 
 from conftest import SUITES, Demo
-from helpers import model_block, write_suite
+from helpers import good_model_suite
 
 pytestmark = pytest.mark.slow
 
@@ -42,8 +42,7 @@ def direct_simple_evaluate(demo: Demo, tmp_path: Path) -> dict[str, Any]:
 
 def test_item_scores_equal_direct_simple_evaluate(project: pytest.Pytester, demo: Demo,
                                                   tmp_path: Path) -> None:
-    write_suite(project, "eq", "disteval: 1\ninclude: [tasks]\nmodels:\n"
-                + model_block("good", demo.good) + """\
+    good_model_suite(project, "eq", demo.good, """\
 tasks:
   - task: arith_mc
     num_fewshot: 3

@@ -13,7 +13,7 @@ from pytest_disteval.report import html_report, md_report
 from pytest_disteval.report.terminal import SummaryTable
 
 from conftest import Demo
-from helpers import model_block, write_suite
+from helpers import good_model_suite
 
 
 def _item(nodeid: str, **props: Any) -> dict[str, Any]:
@@ -75,8 +75,7 @@ def test_the_html_legend_shows_the_baseline_ring_only_with_a_baseline() -> None:
 @pytest.mark.slow
 def test_a_cached_k_run_reports_the_stored_job_record(project: pytest.Pytester,
                                                       demo: Demo) -> None:
-    write_suite(project, "s", "disteval: 1\ninclude: [tasks]\nmodels:\n"
-                + model_block("good", demo.good) + """\
+    good_model_suite(project, "s", demo.good, """\
 tasks:
   - task: arith_mc
     limit: 20

@@ -13,7 +13,7 @@ from pytest_disteval.suite.model import SuiteError
 from pytest_disteval.suite.parse import load_suite
 
 from conftest import Demo
-from helpers import model_block, write_suite
+from helpers import model_block, plan_suite, write_suite
 
 TASKS = """\
 tasks:
@@ -100,21 +100,9 @@ tasks:
     assert str(path) in str(excinfo.value).splitlines()[0]
 
 
-def _plan_suite(project: pytest.Pytester, demo: Demo, backend: str = "hf",
-                device: str = "    device: cpu\n") -> None:
-    write_suite(project, "plan", f"""\
-disteval: 1
-include: [tasks]
-models:
-  - name: m
-    backend: {backend}
-    model_args: {{pretrained: {demo.good}, dtype: float32}}
-{device}{TASKS}""")
-
-
 def test_a_plan_that_cannot_be_laid_out_exits_non_zero(project: pytest.Pytester,
                                                        demo: Demo) -> None:
-    _plan_suite(project, demo, "vllm", device="")
+    plan_suite(project, demo.good, "vllm")
     fits = project.runpytest("--disteval-plan", "--disteval-fake-gpus", "8x80GiB", "--tp", "2")
     assert fits.ret == pytest.ExitCode.OK
     refused = project.runpytest("--disteval-plan", "--disteval-fake-gpus", "8x80GiB",
@@ -125,7 +113,7 @@ def test_a_plan_that_cannot_be_laid_out_exits_non_zero(project: pytest.Pytester,
 
 def test_the_fake_gpu_plan_of_a_cpu_model_shows_what_its_workers_get(
         project: pytest.Pytester, demo: Demo) -> None:
-    _plan_suite(project, demo)
+    plan_suite(project, demo.good, model_keys="device: cpu")
     result = project.runpytest("--disteval-plan", "--disteval-fake-gpus", "8x80GiB",
                                "--tp", "4")
     result.stdout.fnmatch_lines([
@@ -135,7 +123,7 @@ def test_the_fake_gpu_plan_of_a_cpu_model_shows_what_its_workers_get(
     ])
     assert "parallelize" not in result.stdout.str()
     # a model for GPUs: the plan shows what real GPUs would get
-    _plan_suite(project, demo, device="")
+    plan_suite(project, demo.good)
     result = project.runpytest("--disteval-plan", "--disteval-fake-gpus", "8x80GiB",
                                "--tp", "4")
     result.stdout.fnmatch_lines([f"  model_args: pretrained={demo.good},dtype=float32,"
