@@ -24,6 +24,7 @@ from typing import Any
 from pytest_disteval.items.budgets import KINDS as BUDGET_SPECS
 from pytest_disteval.items.budgets import parse_limit
 from pytest_disteval.suite import yamlpos
+from pytest_disteval.suite.chatfiles import missing_template
 from pytest_disteval.suite.localtasks import LocalTask, LocalTaskError, TaskIndex
 from pytest_disteval.suite.model import (
     BACKENDS,
@@ -140,6 +141,29 @@ def _eval_settings(raw: yamlpos.PosDict, where: str, problems: _Problems) -> dic
         value = raw[key]
         out[key] = dict(value) if isinstance(value, dict) else value
     return out
+
+
+def _tokenizer_dir(args: dict[str, Any], backend: str) -> Path | None:
+    """The local directory of a model's tokenizer files; None: a hub id, or not an HF one."""
+    if backend == "nemo_lm":
+        return None
+    source = args.get("tokenizer") or args.get(MODEL_KEY[backend])
+    path = Path(str(source)) if source else None
+    return path if path is not None and path.is_absolute() and path.is_dir() else None
+
+
+def _check_template_name(raw: yamlpos.PosDict, where: str, evaluation: dict[str, Any],
+                         args: dict[str, Any], backend: str, problems: _Problems) -> None:
+    """A template name (``apply_chat_template: NAME``) the local tokenizer lacks: the
+    suite's error, at its line, rather than the worker's after the model loaded."""
+    name = evaluation.get("apply_chat_template")
+    directory = _tokenizer_dir(args, backend)
+    if not isinstance(name, str) or directory is None:
+        return
+    why = missing_template(directory, name)
+    if why is not None:
+        problems.add(raw.line_of("apply_chat_template"), f"{where}apply_chat_template",
+                     f"{name!r}: {why}")
 
 
 def _fewshot_seed_spelling(raw: yamlpos.PosDict, where: str, problems: _Problems) -> str:
@@ -459,6 +483,7 @@ def _model(raw: yamlpos.PosDict, where: str, suite_dir: Path,
         max_batch_size = None
     evaluation = _eval_settings(raw, f"{where}.", problems)
     evaluation.pop("gen_kwargs", None)  # the model's own gen_kwargs field holds it
+    _check_template_name(raw, f"{where}.", evaluation, args, str(backend), problems)
     seed_key = _fewshot_seed_spelling(raw, f"{where}.", problems)
     seed = _int_setting(raw, {}, seed_key, f"{where}.", raw.line_of(seed_key), problems)
     if seed is not None:
@@ -588,6 +613,9 @@ def _task(raw: Any, where: str, line: int, defaults: yamlpos.PosDict, index: Tas
                                 defaults.line_of(inherited.seed_key)
                                 if inherited.seed_key in defaults else raw.line, problems)
     evaluation = _entry_evaluation(raw, where, inherited, problems)
+    if "apply_chat_template" in raw:
+        _check_template_name(raw, f"{where}.", evaluation, inherited.model.model_args,
+                             inherited.model.backend, problems)
     if local is not None:
         _check_data_files(local, raw, where, problems)
     thresholds: list[Threshold] = []

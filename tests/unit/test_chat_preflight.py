@@ -15,6 +15,7 @@ import pytest
 from pytest_disteval.jobs.job import EvalJob
 from pytest_disteval.preflight.chat import chat, read_tokenizer, writes_bos
 from pytest_disteval.preflight.check import FAIL, PASS, WARN, Check
+from pytest_disteval.suite import overrides
 from pytest_disteval.suite.parse import parse_suite
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -34,7 +35,8 @@ def model_dir(tmp_path: Path, **config: Any) -> Path:
 
 
 def checks(tmp_path: Path, path: Path, model: str = "", entry: str = "",
-           args: str = "") -> list[Check]:
+           args: str = "", template: str | None = None) -> list[Check]:
+    """The chat checks of a one-entry suite; ``template``: --disteval-apply-chat-template."""
     text = f"""\
 disteval: 1
 models:
@@ -48,6 +50,8 @@ tasks:
 {textwrap.indent(entry, '    ')}
 """
     suite = parse_suite(text, tmp_path / "s.yaml")
+    if template is not None:
+        overrides.apply(suite, overrides.Overrides(apply_chat_template=template))
     job = EvalJob(suite.models[0], suite, list(suite.models[0].tasks))
     return chat([job])
 
@@ -86,7 +90,9 @@ def test_a_template_name_the_tokenizer_lacks_fails(tmp_path: Path) -> None:
     named = [{"name": "default", "template": TEMPLATE}, {"name": "tool_use", "template": "x"}]
     path = model_dir(tmp_path, chat_template=named)
     assert one(checks(tmp_path, path, entry="apply_chat_template: tool_use")).status == PASS
-    check = one(checks(tmp_path, path, entry="apply_chat_template: rag"))
+    # a name the suite writes is refused at collection (below); one given on the command
+    # line reaches the preflight
+    check = one(checks(tmp_path, path, template="rag"))
     assert check.status == FAIL
     assert "no template of that name (it has: default, tool_use)" in check.detail
 
@@ -150,3 +156,21 @@ def test_the_doctor_and_the_gpu_preflight_run_it(tmp_path: Path) -> None:
                                    preflight=preflight).run()
                  if c.name.startswith("chat template")]
         assert [c.status for c in found] == [WARN], found
+
+
+def test_a_template_name_the_local_tokenizer_lacks_is_a_collection_error(
+        tmp_path: Path) -> None:
+    from pytest_disteval.suite.model import SuiteError
+
+    named = [{"name": "default", "template": TEMPLATE}, {"name": "tool_use", "template": "x"}]
+    path = model_dir(tmp_path, chat_template=named)
+    checks(tmp_path, path, entry="apply_chat_template: tool_use")  # a name it has: fine
+    with pytest.raises(SuiteError) as info:
+        checks(tmp_path, path, model="apply_chat_template: rag")
+    assert str(info.value) == (
+        f"{tmp_path}/s.yaml:6: models[0].apply_chat_template: 'rag': the tokenizer in {path} "
+        "has no chat template named 'rag'; write one of: default, tool_use")
+    with pytest.raises(SuiteError) as info:
+        checks(tmp_path, path, entry="apply_chat_template: rag")
+    assert str(info.value).startswith(f"{tmp_path}/s.yaml:10: tasks[0].apply_chat_template: "
+                                      "'rag': the tokenizer in")

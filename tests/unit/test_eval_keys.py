@@ -219,3 +219,20 @@ def test_the_scorer_renders_chat_prompts_as_the_shards_did(tmp_path: Path) -> No
         # another model key sees nothing of this one's
         with pytest.raises(MissingResponses):
             ReplayLM(store, "other").apply_chat_template(history)
+
+
+def test_the_worker_refuses_a_template_name_as_lm_evals_cli_does() -> None:
+    from pytest_disteval.worker.main import _check_template
+    from pytest_disteval.worker.spec import BadRequest
+
+    class Named:
+        def chat_template(self, name: bool | str = False) -> str:
+            if name not in (True, "default"):
+                raise ValueError(f"The specified chat template '{name}' is not available.")
+            return "T"
+
+    _check_template(Named(), True)
+    _check_template(Named(), "default")
+    with pytest.raises(BadRequest, match="apply_chat_template 'rag': The specified chat "
+                                         "template 'rag' is not available"):
+        _check_template(Named(), "rag")
