@@ -242,3 +242,17 @@ def test_torch_seed_decides_sampled_generations_as_in_simple_evaluate(
     ours = json.loads((project.path / ".disteval/results/suites/sampled/sampled.json")
                       .read_text())
     assert ours["results"]["arith_gen"] == nine["results"]["arith_gen"]
+
+
+def test_a_cpu_run_shows_the_chat_checks_before_it_evaluates(
+        project: pytest.Pytester, demo: Demo, tmp_path: Path) -> None:
+    model = chat_model(demo.good, tmp_path)
+    write_suite(project, "plain", "disteval: 1\ninclude: [tasks]\nmodels:\n"
+                + model_block("chat", model)
+                + "tasks:\n  - task: arith_mc\n    limit: 4\n    thresholds: {acc: 0.0}\n")
+    result = project.runpytest("suites", "--gpus", "0", "--junitxml=report.xml")
+    result.stdout.fnmatch_lines([
+        "*disteval preflight: 0 passed, 1 warnings, 0 failed*",
+        "WARN  chat template suites/plain.yaml::chat * has a chat template*"])
+    # a warning only: the entry runs, on lm-eval's default plain prompts
+    assert junit_outcomes(project.path / "report.xml")["passed"] == 1
