@@ -74,13 +74,19 @@ def _check_tasks(task_manager: Any, tasks: list[str]) -> None:
 
 def _check_template(lm: Any, template: bool | str) -> None:
     """A template name the tokenizer lacks stops the run, as lm-eval's CLI stops: its
-    evaluation tracker asks ``lm.chat_template(name)``, which raises for a missing one."""
-    if not isinstance(template, str):
+    evaluation tracker asks ``lm.chat_template(name)``, which raises for a missing one.
+    A tokenizer with no template at all (``None``) is refused here too, before
+    transformers fails on the first prompt with a message that names no key."""
+    if not template:
         return
     try:
-        lm.chat_template(template)
+        found = lm.chat_template(template)
     except ValueError as exc:
         raise BadRequest(f"apply_chat_template {template!r}: {exc}") from exc
+    if found is None:
+        raise BadRequest(f"apply_chat_template {template!r}: the model's tokenizer has no chat "
+                         "template; leave apply_chat_template out for plain prompts, or give "
+                         "the tokenizer its template (tokenizer_config.json's chat_template)")
 
 
 def _load_model(spec: WorkerSpec) -> Any:

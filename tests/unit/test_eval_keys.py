@@ -236,3 +236,12 @@ def test_the_worker_refuses_a_template_name_as_lm_evals_cli_does() -> None:
     with pytest.raises(BadRequest, match="apply_chat_template 'rag': The specified chat "
                                          "template 'rag' is not available"):
         _check_template(Named(), "rag")
+
+    class Bare:
+        def chat_template(self, name: bool | str = False) -> None:
+            return None  # lm-eval's TemplateLM for a tokenizer without a template
+
+    _check_template(Bare(), False)
+    with pytest.raises(BadRequest, match="apply_chat_template True: the model's tokenizer has "
+                                         "no chat template"):
+        _check_template(Bare(), True)
