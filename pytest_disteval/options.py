@@ -238,6 +238,16 @@ OPTIONS: tuple[Option, ...] = (
            "Backend options merged into every model's model_args, e.g. "
            "gpu_memory_utilization=0.8", overrides.parse_model_args, metavar="K=V,...",
            ini="disteval_model_args", env="DISTEVAL_MODEL_ARGS", shown="none"),
+    Option("--disteval-apply-chat-template", "disteval_apply_chat_template",
+           "Render every task entry's prompts with its model's chat template: true, false "
+           "or a template name (lm-eval's --apply_chat_template)", overrides.parse_chat_template,
+           metavar="WHICH", ini="disteval_apply_chat_template",
+           env="DISTEVAL_APPLY_CHAT_TEMPLATE", shown="each suite's"),
+    Option("--disteval-system-instruction", "disteval_system_instruction",
+           "The system instruction of every task entry (lm-eval's --system_instruction)",
+           overrides.parse_system_instruction, metavar="TEXT",
+           ini="disteval_system_instruction", env="DISTEVAL_SYSTEM_INSTRUCTION",
+           shown="each suite's"),
     Option("--disteval-executor", "disteval_executor",
            "Where workers run: local (subprocesses on this host) or ray (actors on a Ray "
            "cluster, GPUs from Ray)", _executor, metavar="NAME", ini="disteval_executor",

@@ -113,7 +113,11 @@ class DistevalSession:
         if not any(p.groups and p.groups[0] for p in plans.values()) and not (
                 self.config.stash[SETTINGS].gpu.gpus not in (None, 0, "all")
                 or self.config.stash[SETTINGS].gpu.gpu_ids):
-            return  # nothing runs on a GPU: nothing to check, and it stays free
+            # nothing runs on a GPU: nothing of it to check, and it stays free; the chat
+            # template checks need none, and what they find is shown (a FAIL fails only
+            # its job: its worker refuses the template)
+            self._chat_checks(scheduler)
+            return
         checks = doctor.Doctor(scheduler, preflight=True).run()
         reporter = self.config.pluginmanager.get_plugin("terminalreporter")
         if reporter is not None:
@@ -127,6 +131,17 @@ class DistevalSession:
             else:
                 pytest.exit(doctor.failure_message(checks, listed=reporter is not None),
                             returncode=doctor.EXIT_PREFLIGHT)
+
+    def _chat_checks(self, scheduler: JobScheduler) -> None:
+        from pytest_disteval import preflight as doctor
+        from pytest_disteval.preflight.chat import chat
+
+        problems = [c for c in chat(scheduler.jobs.values()) if c.status != doctor.PASS]
+        reporter = self.config.pluginmanager.get_plugin("terminalreporter")
+        if problems and reporter is not None:
+            reporter.write_sep("-", f"disteval preflight: {doctor.counts(problems)}")
+            for line in doctor.render(problems):
+                reporter.write_line(line)
 
     def _print_plan(self, scheduler: JobScheduler) -> None:
         reporter = self.config.pluginmanager.get_plugin("terminalreporter")

@@ -87,7 +87,8 @@ def resolve(config: pytest.Config) -> Settings:
     # absent values (None) leave the dataclasses' own defaults
     gpu = {name: value[name] for name in ("gpus", "tp", "pp", "dp", "pack", "gpu_ids",
                                           "fake_gpus") if value[name] is not None}
-    given = {name: value[name] for name in ("limit", "dtype", "batch_size", "model_args")
+    given = {name: value[name] for name in ("limit", "dtype", "batch_size", "model_args",
+                                            "apply_chat_template", "system_instruction")
              if value[name] is not None}
     # relative to where pytest was started, as a shell user means it
     baselines = {name: _anchor(value[name], config.invocation_params.dir)

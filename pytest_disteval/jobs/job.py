@@ -76,6 +76,9 @@ class EvalJob:
             "device": self.model.device,
             "split": list(self.split),
             "gen_kwargs": self.model.gen_kwargs,
+            # the other eval keys are each entry's (TaskEntry.settings, in entry_key)
+            **({"max_batch_size": self.model.max_batch_size}
+               if self.model.max_batch_size is not None else {}),
             "versions": {name: package_version(name)
                          for name in ("lm_eval", *BACKENDS[self.model.backend].score_packages)},
         }

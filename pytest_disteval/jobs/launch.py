@@ -140,7 +140,8 @@ def worker_spec(job: EvalJob, todo: list[TaskEntry], keys: dict[str, str], run_d
     return WorkerSpec(
         backend=model.backend, lm_eval_model=backend.lm_eval_model,
         install_hint=backend.install_hint, model_args=plan.model_args,
-        batch_size=model.batch_size, device=model.device, gen_kwargs=model.gen_kwargs,
+        batch_size=model.batch_size, max_batch_size=model.max_batch_size,
+        device=model.device, gen_kwargs=model.gen_kwargs,
         include_paths=tuple(job.suite.include_paths), workdir=job.suite.workdir,
         all_local=all(_is_local(job, e) for e in todo), model_key=job.model_key,
         runs=tuple(RunSpec(settings, tuple(entries)) for settings, entries in runs.values()),

@@ -11,7 +11,8 @@ NCCL is read from torch in a subprocess with a timeout.
 
 Modules: ``check`` (the record), ``doctor`` (the runner), ``gpu`` (GPUs, driver,
 NCCL, interconnect, packing), ``software`` (lm-eval and backends), ``disk`` (space,
-offline mode, models, datasets), ``render`` (the lines printed).
+offline mode, models, datasets), ``chat`` (chat templates against the tokenizer files),
+``render`` (the lines printed).
 """
 
 from pytest_disteval.preflight.check import EXIT_PREFLIGHT, FAIL, PASS, WARN, Check

@@ -12,7 +12,7 @@ from pytest_disteval.jobs.job import EvalJob
 from pytest_disteval.jobs.scheduler import JobScheduler
 from pytest_disteval.plan.layout import LayoutError
 from pytest_disteval.plan.planner import JobPlan
-from pytest_disteval.preflight import disk, gpu, software
+from pytest_disteval.preflight import chat, disk, gpu, software
 from pytest_disteval.preflight.check import FAIL, PASS, Check
 from pytest_disteval.preflight.disk import DiskUsage
 from pytest_disteval.preflight.gpu import Plans, Probe
@@ -51,6 +51,7 @@ class Doctor:
                                 self.free_bytes or disk.free_space))
         checks.append(disk.offline(self.environ))
         checks.extend(disk.models(self._jobs(), self.environ))
+        checks.extend(chat.chat(self._jobs()))
         checks.extend(disk.datasets(self._jobs(), self.environ))
         return checks
 

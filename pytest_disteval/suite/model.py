@@ -13,6 +13,23 @@ FORMAT_VERSION = 1
 # the backends suites may name, and the model_args key naming each one's weights
 BACKENDS = tuple(backends.BACKENDS)
 MODEL_KEY = {name: backend.weights_key for name, backend in backends.BACKENDS.items()}
+# lm-eval 0.4.13's own defaults (simple_evaluate, the CLI's --seed 0,1234,1234,1234): a
+# setting at its default stays out of an entry's settings, so its cache key is as before
+LM_EVAL_DEFAULTS: dict[str, Any] = {
+    "apply_chat_template": False,
+    "system_instruction": None,
+    "fewshot_as_multiturn": False,  # the CLI's: on with a chat template unless set false
+    "random_seed": 0,
+    "numpy_random_seed": 1234,
+    "torch_random_seed": 1234,
+    "gen_kwargs": None,
+    "bootstrap_iters": 100000,
+    "metadata": None,
+}
+# the simple_evaluate arguments a suite sets per model or per task entry (besides
+# num_fewshot, limit and fewshot_seed); each one call's, so entries differing in one
+# are separate calls
+EVAL_KEYS = tuple(LM_EVAL_DEFAULTS)
 
 
 @dataclass(frozen=True)
@@ -91,11 +108,28 @@ class TaskEntry:
     # None: ``regression: false``, no regression items for this entry
     regression: dict[str, Tolerance] | None = field(default_factory=dict)
     regression_default: Tolerance = Tolerance()
+    # EVAL_KEYS as resolved for this entry (its own, else its model's, else defaults:);
+    # absent: lm-eval's default. fewshot_as_multiturn as written (None: the CLI's rule)
+    evaluation: dict[str, Any] = field(default_factory=dict)
+
+    def eval_setting(self, key: str) -> Any:
+        """The value ``simple_evaluate`` gets for ``key`` (one of EVAL_KEYS)."""
+        if key == "fewshot_as_multiturn":
+            # lm-eval's CLI: on with a chat template unless set false; never without one
+            template = bool(self.evaluation.get("apply_chat_template"))
+            written = self.evaluation.get("fewshot_as_multiturn")
+            return template and (True if written is None else bool(written))
+        return self.evaluation.get(key, LM_EVAL_DEFAULTS[key])
 
     def settings(self) -> dict[str, Any]:
         """What lm-eval must be told, besides the task, to reproduce this entry's score."""
-        return {"num_fewshot": self.num_fewshot, "limit": self.limit,
-                "fewshot_seed": self.fewshot_seed}
+        out: dict[str, Any] = {"num_fewshot": self.num_fewshot, "limit": self.limit,
+                               "fewshot_seed": self.fewshot_seed}
+        for key in EVAL_KEYS:
+            value = self.eval_setting(key)
+            if value != LM_EVAL_DEFAULTS[key]:
+                out[key] = value
+        return out
 
 
 @dataclass
@@ -115,6 +149,9 @@ class ModelSpec:
     pp: int | None = None
     dp: int | None = None
     required: bool = False  # fail, rather than skip, when the backend is not installed
+    max_batch_size: int | None = None  # lm-eval's: the ceiling of batch_size auto
+    # the EVAL_KEYS (and fewshot_seed) written on the model: its entries inherit them
+    evaluation: dict[str, Any] = field(default_factory=dict)
 
     @property
     def weights(self) -> str:

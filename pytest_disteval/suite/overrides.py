@@ -1,5 +1,6 @@
-"""Run-wide overrides: --disteval-limit (quick look), --disteval-dtype, --disteval-batch-size
-and --disteval-model-args, applied to every model of every suite as it is loaded.
+"""Run-wide overrides: --disteval-limit (quick look), --disteval-dtype, --disteval-batch-size,
+--disteval-model-args, --disteval-apply-chat-template and --disteval-system-instruction,
+applied to every model of every suite as it is loaded.
 
 Applied to the parsed Suite before items and jobs exist, so everything downstream
 (model key, entry key, memory estimate, worker spec, results file) sees the
@@ -33,10 +34,42 @@ class Overrides:
     dtype: str | None = None
     batch_size: int | str | None = None
     model_args: tuple[tuple[str, Any], ...] = ()
+    apply_chat_template: bool | str | None = None  # None: each entry's own
+    system_instruction: str | None = None
 
     @property
     def any(self) -> bool:
-        return bool(self.limit or self.dtype or self.batch_size or self.model_args)
+        return bool(self.limit or self.dtype or self.batch_size or self.model_args
+                    or self.apply_chat_template is not None
+                    or self.system_instruction is not None)
+
+    @property
+    def evaluation(self) -> dict[str, Any]:
+        """The eval keys (suite/model.py's EVAL_KEYS) these overrides set on every entry."""
+        out: dict[str, Any] = {}
+        if self.apply_chat_template is not None:
+            out["apply_chat_template"] = self.apply_chat_template
+        if self.system_instruction is not None:
+            out["system_instruction"] = self.system_instruction
+        return out
+
+
+def parse_chat_template(value: object, where: str) -> bool | str:
+    """true / false (as lm-eval's bare --apply_chat_template and its absence), or a
+    template name."""
+    text = str(value).strip()
+    if text.lower() in ("true", "1", "yes", "on"):
+        return True
+    if text.lower() in ("false", "0", "no", "off"):
+        return False
+    if not text:
+        raise pytest.UsageError(f"{where}: give true, false or the name of one of the "
+                                "tokenizer's chat templates")
+    return text
+
+
+def parse_system_instruction(value: object, where: str) -> str:
+    return str(value)
 
 
 def parse_limit(value: object, where: str) -> int:
@@ -123,6 +156,11 @@ def apply(suite: Suite, overrides: Overrides) -> Suite:
             model.batch_size = overrides.batch_size
         if overrides.limit is not None:
             model.tasks = [_limited(e, overrides.limit) for e in model.tasks]
+        if overrides.evaluation:
+            # over every entry's own: a copy each, entries may be shared by models
+            model.tasks = [dataclasses.replace(e, evaluation={**e.evaluation,
+                                                              **overrides.evaluation})
+                           for e in model.tasks]
     return suite
 
 

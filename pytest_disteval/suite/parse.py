@@ -16,6 +16,7 @@ import json
 import math
 import re
 import unicodedata
+from dataclasses import dataclass
 from functools import cache
 from pathlib import Path
 from typing import Any
@@ -23,9 +24,11 @@ from typing import Any
 from pytest_disteval.items.budgets import KINDS as BUDGET_SPECS
 from pytest_disteval.items.budgets import parse_limit
 from pytest_disteval.suite import yamlpos
+from pytest_disteval.suite.chatfiles import missing_template
 from pytest_disteval.suite.localtasks import LocalTask, LocalTaskError, TaskIndex
 from pytest_disteval.suite.model import (
     BACKENDS,
+    EVAL_KEYS,
     FORMAT_VERSION,
     MODEL_KEY,
     Budget,
@@ -94,20 +97,83 @@ def _keys(definition: str) -> tuple[str, ...]:
     return tuple(node["properties"])
 
 
+SEED_KEYS = ("random_seed", "numpy_random_seed", "torch_random_seed")
+SEED_RANGE = 2**32  # numpy's seeds are 0 .. 2**32 - 1; lm-eval passes each one as given
+# lm-eval's spelling of the entry's fewshot_seed (simple_evaluate's fewshot_random_seed)
+FEWSHOT_SEED_ALIAS = "fewshot_random_seed"
 
 
+def _eval_value(key: str, value: Any) -> str | None:
+    """Why ``value`` is not valid for eval key ``key``; None when it is."""
+    if key == "apply_chat_template":
+        if isinstance(value, bool) or (isinstance(value, str) and value.strip()):
+            return None
+        return "true, false, or the name of one of the tokenizer's chat templates"
+    if key == "system_instruction":
+        return None if isinstance(value, str) else "a string (the system message)"
+    if key == "fewshot_as_multiturn":
+        return None if isinstance(value, bool) else "true or false"
+    if key in SEED_KEYS:
+        ok = isinstance(value, int) and not isinstance(value, bool) and 0 <= value < SEED_RANGE
+        return None if ok else f"an integer from 0 to {SEED_RANGE - 1}"
+    if key == "bootstrap_iters":
+        ok = isinstance(value, int) and not isinstance(value, bool) and value >= 0
+        return None if ok else "a whole number >= 0 (0: no stderr)"
+    if key in ("gen_kwargs", "metadata"):
+        example = ("{max_gen_toks: 64, temperature: 0}" if key == "gen_kwargs"
+                   else "{max_seq_lengths: [4096]}")
+        return None if isinstance(value, dict) else f"a mapping, e.g. {example}"
+    raise KeyError(key)
 
 
+def _eval_settings(raw: yamlpos.PosDict, where: str, problems: _Problems) -> dict[str, Any]:
+    """The eval keys written in ``raw`` (a model, ``defaults`` or a task entry), each checked;
+    a bad one is reported at its line and left out."""
+    out: dict[str, Any] = {}
+    for key in EVAL_KEYS:
+        if key not in raw or raw[key] is None:
+            continue
+        why = _eval_value(key, raw[key])
+        if why is not None:
+            problems.add(raw.line_of(key), f"{where}{key}",
+                         f"{raw[key]!r} is not valid: {why} (lm-eval's --{key})")
+            continue
+        value = raw[key]
+        out[key] = dict(value) if isinstance(value, dict) else value
+    return out
 
 
+def _tokenizer_dir(args: dict[str, Any], backend: str) -> Path | None:
+    """The local directory of a model's tokenizer files; None: a hub id, or not an HF one."""
+    if backend == "nemo_lm":
+        return None
+    source = args.get("tokenizer") or args.get(MODEL_KEY[backend])
+    path = Path(str(source)) if source else None
+    return path if path is not None and path.is_absolute() and path.is_dir() else None
 
 
+def _check_template_name(raw: yamlpos.PosDict, where: str, evaluation: dict[str, Any],
+                         args: dict[str, Any], backend: str, problems: _Problems) -> None:
+    """A template name (``apply_chat_template: NAME``) the local tokenizer lacks: the
+    suite's error, at its line, rather than the worker's after the model loaded."""
+    name = evaluation.get("apply_chat_template")
+    directory = _tokenizer_dir(args, backend)
+    if not isinstance(name, str) or directory is None:
+        return
+    why = missing_template(directory, name)
+    if why is not None:
+        problems.add(raw.line_of("apply_chat_template"), f"{where}apply_chat_template",
+                     f"{name!r}: {why}")
 
 
-
-
-
-
+def _fewshot_seed_spelling(raw: yamlpos.PosDict, where: str, problems: _Problems) -> str:
+    """The key ``raw`` writes its few-shot seed under: fewshot_seed or lm-eval's name."""
+    if FEWSHOT_SEED_ALIAS not in raw:
+        return "fewshot_seed"
+    if "fewshot_seed" in raw:
+        problems.add(raw.line_of(FEWSHOT_SEED_ALIAS), f"{where}{FEWSHOT_SEED_ALIAS}",
+                     "is another spelling of fewshot_seed, which is set here too; keep one")
+    return FEWSHOT_SEED_ALIAS
 
 
 class _Problems:
@@ -217,6 +283,8 @@ def parse_suite(text: str, path: Path, root: Path | None = None, *,
         defaults.key_lines = {}
     else:
         problems.unknown_keys(defaults, _keys("defaults"), "defaults.")
+    default_eval = _eval_settings(defaults, "defaults.", problems)
+    default_seed_key = _fewshot_seed_spelling(defaults, "defaults.", problems)
 
     suite_marks = _marks(data, "marks", "", problems)
     shared_tasks = data.get("tasks", [])
@@ -254,7 +322,8 @@ def parse_suite(text: str, path: Path, root: Path | None = None, *,
                 continue
             for j, raw_task in enumerate(src):
                 entry = _task(raw_task, f"{src_where}[{j}]", _line(src, j, line), defaults,
-                              index, shown, problems, require_thresholds)
+                              index, shown, problems, require_thresholds,
+                              _Inherited(model, default_eval, default_seed_key))
                 if entry is None:
                     continue
                 if entry.name in entries and (src_where == "tasks" or entry.name in own):
@@ -404,10 +473,25 @@ def _model(raw: yamlpos.PosDict, where: str, suite_dir: Path,
     if not isinstance(required, bool):
         problems.add(raw.line_of("required"), f"{where}.required", "must be true or false")
         required = False
+    max_batch_size = raw.get("max_batch_size")
+    if max_batch_size is not None and not (
+            isinstance(max_batch_size, int) and not isinstance(max_batch_size, bool)
+            and max_batch_size > 0):
+        problems.add(raw.line_of("max_batch_size"), f"{where}.max_batch_size",
+                     f"{max_batch_size!r} is not valid: a positive integer, the largest batch "
+                     "that batch_size auto tries (lm-eval's --max_batch_size)")
+        max_batch_size = None
+    evaluation = _eval_settings(raw, f"{where}.", problems)
+    evaluation.pop("gen_kwargs", None)  # the model's own gen_kwargs field holds it
+    _check_template_name(raw, f"{where}.", evaluation, args, str(backend), problems)
+    seed_key = _fewshot_seed_spelling(raw, f"{where}.", problems)
+    seed = _int_setting(raw, {}, seed_key, f"{where}.", raw.line_of(seed_key), problems)
+    if seed is not None:
+        evaluation["fewshot_seed"] = seed
     return ModelSpec(name, str(backend), args, batch_size, device,
                      dict(gen_kwargs) if gen_kwargs else None, [], budgets, marks, timeout,
                      Loc(problems.path, raw.line), layout.get("tp"), layout.get("pp"),
-                     layout.get("dp"), required)
+                     layout.get("dp"), required, max_batch_size, evaluation)
 
 
 def _budgets(raw: yamlpos.PosDict, where: str, definition: str, problems: _Problems,
@@ -450,8 +534,49 @@ def _int_setting(raw: dict[str, Any], defaults: dict[str, Any], key: str, where:
     return value
 
 
+@dataclass(frozen=True)
+class _Inherited:
+    """What a task entry inherits: its model's eval keys, then the suite's ``defaults``."""
+
+    model: ModelSpec
+    defaults: dict[str, Any]  # the eval keys of ``defaults``, checked once
+    seed_key: str  # the spelling ``defaults`` writes its few-shot seed under
+
+
+def _entry_evaluation(raw: yamlpos.PosDict, where: str, inherited: _Inherited,
+                      problems: _Problems) -> dict[str, Any]:
+    """The entry's eval keys: its own, else its model's, else ``defaults``'; mappings
+    (gen_kwargs, metadata) merge key by key in that order."""
+    own = _eval_settings(raw, f"{where}.", problems)
+    model = inherited.model
+    merged: dict[str, Any] = {}
+    for key in EVAL_KEYS:
+        layers = [inherited.defaults.get(key), model.evaluation.get(key), own.get(key)]
+        if key == "gen_kwargs":
+            # the model's own gen_kwargs reach the worker as the spec's; an entry's (or
+            # defaults') go on top of them: one dict for the entry's one call
+            if own.get(key) is not None or inherited.defaults.get(key) is not None:
+                merged[key] = {**(model.gen_kwargs or {}), **(layers[0] or {}),
+                               **(layers[2] or {})}
+        elif key == "metadata":
+            if any(layers):
+                merged[key] = {k: v for layer in layers if layer for k, v in layer.items()}
+        else:
+            chosen = next((layer for layer in reversed(layers) if layer is not None), None)
+            if chosen is not None:
+                merged[key] = chosen
+    if merged.get("fewshot_as_multiturn") and not merged.get("apply_chat_template"):
+        at = raw if "fewshot_as_multiturn" in raw else None
+        line = at.line_of("fewshot_as_multiturn") if at is not None else raw.line
+        problems.add(line, f"{where}.fewshot_as_multiturn",
+                     "true needs a chat template: set apply_chat_template too (lm-eval's "
+                     "CLI refuses --fewshot_as_multiturn without --apply_chat_template)")
+    return merged
+
+
 def _task(raw: Any, where: str, line: int, defaults: yamlpos.PosDict, index: TaskIndex,
-          shown: Path, problems: _Problems, require_thresholds: bool) -> TaskEntry | None:
+          shown: Path, problems: _Problems, require_thresholds: bool,
+          inherited: _Inherited) -> TaskEntry | None:
     if not isinstance(raw, yamlpos.PosDict) or "task" not in raw:
         problems.add(line, where, "a task entry is a mapping with 'task' (an lm-eval task name) "
                      "and 'thresholds'")
@@ -479,8 +604,18 @@ def _task(raw: Any, where: str, line: int, defaults: yamlpos.PosDict, index: Tas
                                raw.line_of("num_fewshot"), problems)
     limit = _int_setting(raw, defaults, "limit", f"{where}.", raw.line_of("limit"), problems,
                          allow_fraction=True)
-    seed = _int_setting(raw, defaults, "fewshot_seed", f"{where}.", raw.line_of("fewshot_seed"),
-                        problems)
+    seed_key = _fewshot_seed_spelling(raw, f"{where}.", problems)
+    seed = _int_setting(raw, {}, seed_key, f"{where}.", raw.line_of(seed_key), problems)
+    if seed is None and seed_key not in raw:
+        seed = inherited.model.evaluation.get("fewshot_seed")
+        if seed is None:
+            seed = _int_setting(defaults, {}, inherited.seed_key, "defaults.",
+                                defaults.line_of(inherited.seed_key)
+                                if inherited.seed_key in defaults else raw.line, problems)
+    evaluation = _entry_evaluation(raw, where, inherited, problems)
+    if "apply_chat_template" in raw:
+        _check_template_name(raw, f"{where}.", evaluation, inherited.model.model_args,
+                             inherited.model.backend, problems)
     if local is not None:
         _check_data_files(local, raw, where, problems)
     thresholds: list[Threshold] = []
@@ -509,7 +644,7 @@ def _task(raw: Any, where: str, line: int, defaults: yamlpos.PosDict, index: Tas
                      "be tested; add e.g. thresholds: {acc: 0.5}")
     return TaskEntry(name, task, num_fewshot, limit, 1234 if seed is None else seed,
                      thresholds, marks, Loc(shown, raw.line), local, budgets, regression,
-                     default_tolerance)
+                     default_tolerance, evaluation)
 
 
 def _tolerance(spec: Any, where: str, line: int, shown: Path,

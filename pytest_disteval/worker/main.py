@@ -72,6 +72,23 @@ def _check_tasks(task_manager: Any, tasks: list[str]) -> None:
                              "(local tasks are found under the suite's 'include' directories)")
 
 
+def _check_template(lm: Any, template: bool | str) -> None:
+    """A template name the tokenizer lacks stops the run, as lm-eval's CLI stops: its
+    evaluation tracker asks ``lm.chat_template(name)``, which raises for a missing one.
+    A tokenizer with no template at all (``None``) is refused here too, before
+    transformers fails on the first prompt with a message that names no key."""
+    if not template:
+        return
+    try:
+        found = lm.chat_template(template)
+    except ValueError as exc:
+        raise BadRequest(f"apply_chat_template {template!r}: {exc}") from exc
+    if found is None:
+        raise BadRequest(f"apply_chat_template {template!r}: the model's tokenizer has no chat "
+                         "template; leave apply_chat_template out for plain prompts, or give "
+                         "the tokenizer its template (tokenizer_config.json's chat_template)")
+
+
 def _load_model(spec: WorkerSpec) -> Any:
     import lm_eval.api.registry
 
@@ -80,7 +97,8 @@ def _load_model(spec: WorkerSpec) -> Any:
     except (ImportError, ModuleNotFoundError, ValueError, KeyError) as exc:
         raise BadRequest(f"backend {spec.backend!r} cannot load: {exc}; "
                          f"install it with: {spec.install_hint}") from exc
-    extra = {"batch_size": spec.batch_size, "max_batch_size": None, "device": spec.device}
+    extra = {"batch_size": spec.batch_size, "max_batch_size": spec.max_batch_size,
+             "device": spec.device}
     return cls.create_from_arg_obj(dict(spec.model_args), extra)
 
 
@@ -143,6 +161,17 @@ def run(spec: WorkerSpec) -> dict[str, Any]:
     task_manager = TaskManager(include_path=[str(p) for p in spec.include_paths] or None,
                                include_defaults=not spec.all_local,
                                metadata=dict(spec.model_args))
+    # a run with metadata of its own gets a TaskManager of its own: lm-eval's CLI merges
+    # --metadata over model_args into the TaskManager it builds
+    managers: dict[str, Any] = {"{}": task_manager}
+
+    def manager_for(metadata: dict[str, Any]) -> Any:
+        key = json.dumps(metadata, sort_keys=True, default=str)
+        if key not in managers:
+            managers[key] = TaskManager(
+                include_path=[str(p) for p in spec.include_paths] or None,
+                include_defaults=not spec.all_local, metadata=dict(spec.model_args) | metadata)
+        return managers[key]
     _check_tasks(task_manager, spec.tasks)
     indexed = time.perf_counter()
     print(f"[disteval] imports {imported - started:.1f}s, task index {indexed - imported:.1f}s"
@@ -205,21 +234,21 @@ def run(spec: WorkerSpec) -> dict[str, Any]:
             t0 = time.perf_counter()
             how = "" if mode == "direct" else f" ({mode} mode)"
             print(f"[disteval] evaluating {', '.join(tasks)} with {settings}{how}", flush=True)
+            kwargs = run_spec.evaluate_kwargs(spec.gen_kwargs)
+            if mode == "shard":
+                kwargs["bootstrap_iters"] = 0  # a shard's metrics are discarded: no stderr
+            if mode != "score":
+                _check_template(lm, kwargs["apply_chat_template"])
             while True:
                 try:
                     results = lm_eval.simple_evaluate(
                         model=lm,
                         tasks=tasks,
-                        num_fewshot=settings["num_fewshot"],
-                        limit=settings["limit"],
-                        fewshot_random_seed=settings["fewshot_seed"],
-                        gen_kwargs=spec.gen_kwargs,
-                        task_manager=task_manager,
+                        task_manager=manager_for(run_spec.metadata),
                         # per-document results for paired regression tests (samples.py);
                         # a shard's are discarded like its metrics
                         log_samples=mode != "shard",
-                        # a shard's metrics are discarded: skip their bootstrap stderr
-                        **({"bootstrap_iters": 0} if mode == "shard" else {}),
+                        **kwargs,
                     )
                     break
                 except Exception as exc:
@@ -236,6 +265,7 @@ def run(spec: WorkerSpec) -> dict[str, Any]:
                 # counting tokens is outside eval_s; its own cost is kept to be seen
                 timing["runs"][-1]["count_s"] = time.perf_counter() - counted
             if shard_report is not None:
+                lm.flush_renders()  # the chat renderings of this run, for the scorer
                 shard_run = _record_shard_run(shard_report, lm, tasks, settings, seconds,
                                               started, t0)
                 write_json_atomic(spec.directory / f"shard-{index}.json", shard_report)

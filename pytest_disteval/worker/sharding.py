@@ -18,6 +18,7 @@ fallback. This module runs in the worker process only.
 from __future__ import annotations
 
 import heapq
+import json
 import math
 import time
 from collections.abc import Callable, Sequence
@@ -29,6 +30,9 @@ from lm_eval.api.model import LM, hash_args
 from pytest_disteval.store.responses import ResponseStore
 
 KINDS = ("loglikelihood", "loglikelihood_rolling", "generate_until")
+# the store's kind for chat renderings: a chat history's prompt as the real LM rendered it
+CHAT_KIND = "chat_template"
+TOKENIZER_NAME_KEY = "tokenizer_name"  # under CHAT_KIND: the real LM's tokenizer_name
 
 # answers for requests of other shards: the right type for lm-eval's metrics, never
 # stored, and the metrics they produce are discarded
@@ -55,6 +59,12 @@ def _samples(kind: str, args: Sequence[Any]) -> bool:
     temperature = gen.get("temperature")
     return bool(gen.get("do_sample")) or (
         isinstance(temperature, int | float) and temperature > 0 and gen.get("do_sample") is None)
+
+
+def chat_key(chat_history: list[dict[str, str]], add_generation_prompt: bool) -> str:
+    """The store key of one chat rendering: what ``apply_chat_template`` was given."""
+    return hash_args(CHAT_KIND, [json.dumps(chat_history, sort_keys=True),
+                                 bool(add_generation_prompt)])
 
 
 def request_keys(kind: str, requests: Sequence[Any]) -> list[str]:
@@ -244,18 +254,31 @@ class ShardLM(LM):
         self.first_request_at: float | None = None
         if hasattr(lm, "MULTIMODAL"):
             self.MULTIMODAL = lm.MULTIMODAL
+        self._renders: dict[str, Any] = {}  # chat key -> the real LM's rendering
 
-    # chat templating builds the requests: it must be the real LM's
+    # chat templating builds the requests: it must be the real LM's. Each rendering is
+    # kept and stored (kind CHAT_KIND) so the scorer, which has no model, renders alike
     @property
     def tokenizer_name(self) -> str:
-        return self.lm.tokenizer_name
+        name = self.lm.tokenizer_name
+        self._renders[TOKENIZER_NAME_KEY] = name
+        return name
 
     def chat_template(self, chat_template: bool | str = False) -> str | None:
         return self.lm.chat_template(chat_template)
 
     def apply_chat_template(self, chat_history: list[dict[str, str]],
                             add_generation_prompt: bool = True) -> str:
-        return self.lm.apply_chat_template(chat_history, add_generation_prompt)
+        text = self.lm.apply_chat_template(chat_history, add_generation_prompt)
+        self._renders[chat_key(chat_history, add_generation_prompt)] = text
+        return text
+
+    def flush_renders(self) -> None:
+        """Store the chat renderings made since the last flush (every shard stores them
+        all: the first stored wins, and the scorer needs only one shard's)."""
+        if self._renders:
+            renders, self._renders = self._renders, {}
+            self.store.put_many(self.model_key, CHAT_KIND, renders.items())
 
     def take_stats(self) -> dict[str, KindStats]:
         stats, self.stats = self.stats, {}
@@ -278,6 +301,8 @@ class ShardLM(LM):
         planning = time.perf_counter()
         if self.first_request_at is None:
             self.first_request_at = planning
+        # lm-eval renders every prompt before it asks for the first response
+        self.flush_renders()
         stats = self.stats.setdefault(kind, KindStats())
         keys = request_keys(kind, requests)
         cost = self._cost(self.lm, kind)
@@ -328,10 +353,28 @@ class MissingResponses(RuntimeError):
 class ReplayLM(LM):
     """Answers every request from the store; loads no model.
 
-    lm-eval's evaluate needs only the three request methods, ``rank`` and
-    ``world_size`` (the base class's 0 and 1) from it when no chat template is
-    applied. Requests are keyed exactly as ShardLM keys them.
+    lm-eval's evaluate needs the three request methods, ``rank`` and ``world_size``
+    (the base class's 0 and 1) from it, and with a chat template ``apply_chat_template``
+    and ``tokenizer_name``: those answer from the renderings the shards stored, so
+    the prompts, and so the request keys, are the shards' to the byte. Requests are
+    keyed exactly as ShardLM keys them.
     """
+
+    @property
+    def tokenizer_name(self) -> str:
+        found = self.store.get_many(self.model_key, CHAT_KIND, [TOKENIZER_NAME_KEY])
+        return str(found.get(TOKENIZER_NAME_KEY, ""))
+
+    def apply_chat_template(self, chat_history: list[dict[str, str]],
+                            add_generation_prompt: bool = True) -> str:
+        key = chat_key(chat_history, add_generation_prompt)
+        found = self.store.get_many(self.model_key, CHAT_KIND, [key])
+        if key not in found:
+            raise MissingResponses(
+                f"the response store {self.store.path} (model key {self.model_key[:12]}) "
+                "holds no chat rendering of a prompt this run builds: the shards ran "
+                "without this chat template, or did not finish. Run the shards again.")
+        return str(found[key])
 
     def __init__(self, store: ResponseStore, model_key: str, *, multimodal: bool = False) -> None:
         super().__init__()

@@ -55,6 +55,29 @@ class RunSpec:
     def tasks(self) -> list[str]:
         return [e.task for e in self.entries]
 
+    def evaluate_kwargs(self, gen_kwargs: dict[str, Any] | None) -> dict[str, Any]:
+        """``simple_evaluate``'s arguments from these settings, each absent one at lm-eval's
+        default (the CLI's); ``gen_kwargs``: the model's, unless the entries have their own."""
+        s = self.settings
+        return {
+            "num_fewshot": s.get("num_fewshot"),
+            "limit": s.get("limit"),
+            "fewshot_random_seed": s.get("fewshot_seed", 1234),
+            "random_seed": s.get("random_seed", 0),
+            "numpy_random_seed": s.get("numpy_random_seed", 1234),
+            "torch_random_seed": s.get("torch_random_seed", 1234),
+            "gen_kwargs": s.get("gen_kwargs", gen_kwargs),
+            "apply_chat_template": s.get("apply_chat_template", False),
+            "system_instruction": s.get("system_instruction"),
+            "fewshot_as_multiturn": s.get("fewshot_as_multiturn", False),
+            "bootstrap_iters": s.get("bootstrap_iters", 100000),
+        }
+
+    @property
+    def metadata(self) -> dict[str, Any]:
+        """Task metadata beyond model_args (lm-eval's --metadata): the TaskManager's."""
+        return dict(self.settings.get("metadata") or {})
+
 
 @dataclass(frozen=True)
 class ShardSpec:
@@ -71,6 +94,7 @@ class WorkerSpec:
     install_hint: str = ""
     model_args: dict[str, Any] = field(default_factory=dict)
     batch_size: Any = None  # an int, "auto" or "auto:N": lm-eval reads it
+    max_batch_size: int | None = None  # the ceiling of batch_size auto
     device: str | None = None
     gen_kwargs: dict[str, Any] | None = None
     include_paths: tuple[Path, ...] = ()
@@ -99,7 +123,8 @@ class WorkerSpec:
         out: dict[str, Any] = {
             "backend": self.backend, "lm_eval_model": self.lm_eval_model,
             "install_hint": self.install_hint, "model_args": self.model_args,
-            "batch_size": self.batch_size, "device": self.device,
+            "batch_size": self.batch_size, "max_batch_size": self.max_batch_size,
+            "device": self.device,
             "gen_kwargs": self.gen_kwargs,
             "include_paths": [str(p) for p in self.include_paths],
             "workdir": str(self.workdir), "all_local": self.all_local,
@@ -161,6 +186,7 @@ class WorkerSpec:
             install_hint=str(data.get("install_hint") or ""),
             model_args=dict(data.get("model_args") or {}),
             batch_size=data.get("batch_size"), device=data.get("device"),
+            max_batch_size=_positive_int(data.get("max_batch_size"), "max_batch_size"),
             gen_kwargs=data.get("gen_kwargs"),
             include_paths=tuple(Path(p) for p in data.get("include_paths") or ()),
             workdir=Path(data.get("workdir") or "."), all_local=bool(data.get("all_local")),
@@ -191,3 +217,11 @@ def _entry_dict(entry: EntrySpec) -> dict[str, Any]:
 
 def _path(value: Any) -> Path | None:
     return Path(value) if value else None
+
+
+def _positive_int(value: Any, key: str) -> int | None:
+    if value is None:
+        return None
+    if type(value) is not int or value < 1:
+        raise SpecError(f"a worker spec's {key!r} is a positive integer or null, got {value!r}")
+    return value

@@ -131,6 +131,28 @@ def test_non_finite_bounds(project: pytest.Pytester, demo: Demo, warm_store: Pat
                    "number")
 
 
+# ------------------------------------------------- issue 15: lm-eval's evaluation keys
+
+
+def test_bad_evaluation_keys_are_file_line_errors(project: pytest.Pytester, demo: Demo,
+                                                  warm_store: Path) -> None:
+    # every problem of the suite in one error, each at its line; the good suite still runs
+    write_suite(project, "bad", broken(demo, model_extra="""\
+        random_seed: "7"
+        apply_chat_template: 3
+        """, tasks=GOOD_TASKS.replace("    limit: 8\n", "    limit: 8\n"
+                                      "    fewshot_as_multiturn: true\n"
+                                      "    torch_random_seed: 1.5\n")))
+    result, _ = run_beside_good(project, demo, warm_store)
+    expect(result,
+           "suites/bad.yaml:9: models[0].random_seed: '7' is not valid: an integer from 0 to "
+           "4294967295 (lm-eval's --random_seed)",
+           "suites/bad.yaml:10: models[0].apply_chat_template: 3 is not valid: true, false, or "
+           "the name of one of the tokenizer's chat templates",
+           "suites/bad.yaml:14: tasks[0].fewshot_as_multiturn: true needs a chat template",
+           "suites/bad.yaml:15: tasks[0].torch_random_seed: 1.5 is not valid")
+
+
 # ------------------------------------------------------------------ 3. alias bombs
 
 

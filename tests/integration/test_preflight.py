@@ -140,3 +140,22 @@ def test_doctor_on_a_real_gpu_machine(project: pytest.Pytester, demo: Demo) -> N
         "PASS  interconnect * one GPU per group*",
     ])
     assert result.ret == 0
+
+
+def test_an_instruct_model_without_its_template_is_flagged(project: pytest.Pytester,
+                                                          demo: Demo, tmp_path: Path) -> None:
+    import json
+    import shutil
+
+    model = tmp_path / "chat"
+    shutil.copytree(demo.good, model)
+    config = json.loads((model / "tokenizer_config.json").read_text())
+    config["chat_template"] = "{% for m in messages %}{{ m['content'] }}{% endfor %}"
+    (model / "tokenizer_config.json").write_text(json.dumps(config))
+    suite(project, model_block("chat", model))
+    result = project.runpytest("suites", "--disteval-doctor")
+    result.stdout.fnmatch_lines([
+        "WARN  chat template suites/s.yaml::chat * has a chat template (an instruct or chat "
+        "model) but entries arith_mc run without it*",
+        "* fix: set apply_chat_template: true on the model*"])
+    assert nothing_ran(project.path / ".disteval")

@@ -31,6 +31,10 @@ NAMES = {
     "--disteval-dtype": ("disteval_dtype", "DISTEVAL_DTYPE"),
     "--disteval-batch-size": ("disteval_batch_size", "DISTEVAL_BATCH_SIZE"),
     "--disteval-model-args": ("disteval_model_args", "DISTEVAL_MODEL_ARGS"),
+    "--disteval-apply-chat-template": ("disteval_apply_chat_template",
+                                       "DISTEVAL_APPLY_CHAT_TEMPLATE"),
+    "--disteval-system-instruction": ("disteval_system_instruction",
+                                      "DISTEVAL_SYSTEM_INSTRUCTION"),
     "--disteval-executor": ("disteval_executor", "DISTEVAL_EXECUTOR"),
     "--disteval-worker-start": ("disteval_worker_start", "DISTEVAL_WORKER_START"),
     "--ray-address": ("disteval_ray_address", "RAY_ADDRESS"),
@@ -50,7 +54,8 @@ SAMPLES = {
     "batch_size": "auto:4", "model_args": "max_model_len=512", "executor": "local",
     "worker_start": "subprocess", "ray_address": "auto", "baseline": "base.json",
     "save_baseline": "new.json", "alpha": "0.01", "json": "off", "md": "r.md",
-    "html": "r.html", "progress": "off",
+    "html": "r.html", "progress": "off", "apply_chat_template": "chatml",
+    "system_instruction": "Answer briefly.",
 }
 WITH_INI = [o for o in OPTIONS if o.ini is not None]
 
