@@ -226,6 +226,10 @@ OPTIONS: tuple[Option, ...] = (
            "Quick look: at most N documents per task entry; results are marked partial and "
            "thresholds get a 2 x stderr tolerance", overrides.parse_limit, metavar="N",
            ini="disteval_limit", env="DISTEVAL_LIMIT", shown="no cap"),
+    Option("--disteval-limit-seed", "disteval_limit_seed",
+           "With --disteval-limit N: N documents per task drawn at random with this seed "
+           "(the same ones every run), not the first N", overrides.parse_seed, metavar="SEED",
+           ini="disteval_limit_seed", env="DISTEVAL_LIMIT_SEED", shown="the first N"),
     Option("--disteval-dtype", "disteval_dtype",
            "The dtype of every model: auto, float32, float16 or bfloat16",
            overrides.parse_dtype, metavar="DTYPE", ini="disteval_dtype", env="DISTEVAL_DTYPE",

@@ -79,6 +79,10 @@ def resolve(config: pytest.Config) -> Settings:
         raise pytest.UsageError(
             f"--disteval-save-baseline cannot be combined with --disteval-limit "
             f"{value['limit']}: a baseline records full runs; drop the limit to save one")
+    if value["limit_seed"] is not None and not value["limit"]:
+        raise pytest.UsageError(
+            f"{where['limit_seed']} {value['limit_seed']} draws --disteval-limit N documents "
+            "at random: give --disteval-limit N with it")
     if value["executor"] == "ray" and value["fake_gpus"]:
         raise pytest.UsageError("--disteval-fake-gpus cannot be combined with "
                                 f"{where['executor']} 'ray': the GPUs are the Ray cluster's "
@@ -87,7 +91,8 @@ def resolve(config: pytest.Config) -> Settings:
     # absent values (None) leave the dataclasses' own defaults
     gpu = {name: value[name] for name in ("gpus", "tp", "pp", "dp", "pack", "gpu_ids",
                                           "fake_gpus") if value[name] is not None}
-    given = {name: value[name] for name in ("limit", "dtype", "batch_size", "model_args")
+    given = {name: value[name] for name in ("limit", "limit_seed", "dtype", "batch_size",
+                                            "model_args")
              if value[name] is not None}
     # relative to where pytest was started, as a shell user means it
     baselines = {name: _anchor(value[name], config.invocation_params.dir)

@@ -119,7 +119,8 @@ def worker_spec(job: EvalJob, todo: list[TaskEntry], keys: dict[str, str], run_d
         settings = entry.settings()
         runs.setdefault(digest(settings), (settings, []))[1].append(EntrySpec(
             task=entry.task, entry_key=keys[entry.name],
-            path=store.path(job.model_key, keys[entry.name]), name=entry.name))
+            path=store.path(job.model_key, keys[entry.name]), name=entry.name,
+            samples_at=None if entry.samples_at is None else str(entry.samples_at)))
     model = job.model
     backend = BACKENDS[model.backend]
     return WorkerSpec(

@@ -124,14 +124,18 @@ def write_results(path: Path, job: EvalJob, entries: dict[str, dict[str, Any]],
                      "model_key": job.model_key,
                      "entries": {name: {"settings": e["settings"], "key": e["entry_key"],
                                         "computed_at": e["computed_at"],
-                                        "partial": e["settings"].get("limit") is not None}
+                                        "partial": _partial(e["settings"])}
                                  for name, e in entries.items()},
                      # a limit scores part of a task: such results are not the task's
-                     "partial": any(e["settings"].get("limit") is not None
-                                    for e in entries.values()),
+                     "partial": any(_partial(e["settings"]) for e in entries.values()),
                      "job": record},
     }
     results = merge_entries(list(entries.values()), config)
     results["date"] = datetime.now(timezone.utc).timestamp()
     write_json_atomic(path, results)
     return path
+
+
+def _partial(settings: dict[str, Any]) -> bool:
+    # a limit or chosen doc ids: part of the task's documents
+    return settings.get("limit") is not None or settings.get("samples") is not None

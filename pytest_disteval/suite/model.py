@@ -91,11 +91,27 @@ class TaskEntry:
     # None: ``regression: false``, no regression items for this entry
     regression: dict[str, Tolerance] | None = field(default_factory=dict)
     regression_default: Tolerance = Tolerance()
+    # lm-eval's per-task doc ids (simple_evaluate's samples=); never with a limit
+    samples: tuple[int, ...] | None = None
+    # with a limit: that many doc ids drawn at random with this seed, in the worker
+    limit_seed: int | None = None
+    samples_at: Loc | None = None  # where ``samples`` was written: out-of-range ids name it
 
     def settings(self) -> dict[str, Any]:
         """What lm-eval must be told, besides the task, to reproduce this entry's score."""
-        return {"num_fewshot": self.num_fewshot, "limit": self.limit,
-                "fewshot_seed": self.fewshot_seed}
+        out: dict[str, Any] = {"num_fewshot": self.num_fewshot, "limit": self.limit,
+                               "fewshot_seed": self.fewshot_seed}
+        # only when set: the keys of entries without them stay what they were
+        if self.samples is not None:
+            out["samples"] = list(self.samples)
+        if self.limit_seed is not None:
+            out["limit_seed"] = self.limit_seed
+        return out
+
+    @property
+    def partial(self) -> bool:
+        """Scored on part of the task's documents (a limit or chosen doc ids)."""
+        return self.limit is not None or self.samples is not None
 
 
 @dataclass

@@ -144,6 +144,9 @@ def run(spec: WorkerSpec) -> dict[str, Any]:
                                include_defaults=not spec.all_local,
                                metadata=dict(spec.model_args))
     _check_tasks(task_manager, spec.tasks)
+    # doc ids drawn and checked before the model loads: a bad id costs no load
+    selections = [_doc_selection(run_spec.settings, run_spec.entries, task_manager)
+                  for run_spec in spec.runs]
     indexed = time.perf_counter()
     print(f"[disteval] imports {imported - started:.1f}s, task index {indexed - imported:.1f}s"
           f" (lm-eval speed-ups: {', '.join(applied) or 'none'})", flush=True)
@@ -199,7 +202,7 @@ def run(spec: WorkerSpec) -> dict[str, Any]:
                               "load_s": loaded - indexed,
                               "runs": [], "tasks": {}, "oom_retries": []}
     try:
-        for run_spec in spec.runs:
+        for run_spec, (limit, samples) in zip(spec.runs, selections, strict=True):
             settings = run_spec.settings
             tasks = run_spec.tasks
             t0 = time.perf_counter()
@@ -211,7 +214,8 @@ def run(spec: WorkerSpec) -> dict[str, Any]:
                         model=lm,
                         tasks=tasks,
                         num_fewshot=settings["num_fewshot"],
-                        limit=settings["limit"],
+                        limit=limit,
+                        samples=samples,
                         fewshot_random_seed=settings["fewshot_seed"],
                         gen_kwargs=spec.gen_kwargs,
                         task_manager=task_manager,
@@ -273,6 +277,43 @@ def run(spec: WorkerSpec) -> dict[str, Any]:
         timing["shard"] = {k: shard_report[k] for k in ("shard", "requests_executed",
                                                          "tokens", "seconds")}
     return timing
+
+
+def _doc_selection(settings: dict[str, Any], entries: tuple[EntrySpec, ...],
+                   task_manager: Any) -> tuple[int | float | None, dict[str, list[int]] | None]:
+    """simple_evaluate's ``limit`` and ``samples`` for a run's settings.
+
+    ``samples`` (the suite's doc ids) go to each leaf task of each entry; ``limit`` with
+    ``limit_seed`` becomes ``samples`` too: that many ids drawn with
+    ``random.Random(seed)`` from each leaf task's own number of documents, so every
+    shard and the scorer, drawing here from the same task, score the same documents.
+    """
+    ids, seed = settings.get("samples"), settings.get("limit_seed")
+    if ids is None and seed is None:
+        return settings["limit"], None
+    import math
+    import random
+
+    out: dict[str, list[int]] = {}
+    for entry in entries:
+        for leaf, task in task_manager.load([entry.task])["tasks"].items():
+            n = len(task.eval_docs)
+            if ids is not None:
+                bad = [i for i in ids if i >= n]
+                if bad:
+                    where = f"{entry.samples_at}: " if entry.samples_at else ""
+                    raise BadRequest(f"{where}samples: doc ids {bad[:5]} are out of range: "
+                                     f"task {leaf!r} has {n} documents (ids 0 to {n - 1})")
+                out[leaf] = sorted(ids)
+            else:
+                limit = settings["limit"]
+                # as lm-eval reads a limit: a fraction of the documents, else a count
+                k = math.ceil(n * limit) if limit < 1 else min(int(limit), n)
+                # sorted: lm-eval maps a logged doc_id back through the ids in this order
+                out[leaf] = sorted(random.Random(seed).sample(range(n), k))
+    # the ids in the log: lm-eval's --samples reproduces the run by hand
+    print(f"[disteval] samples: {json.dumps(out, separators=(',', ':'))}", flush=True)
+    return None, out
 
 
 def _task_counts(counter: RequestCounter, lm: Any, entries: tuple[EntrySpec, ...],

@@ -42,6 +42,7 @@ class EntrySpec:
     entry_key: str
     path: Path
     name: str | None = None  # the suite's entry name; None: the task's
+    samples_at: str | None = None  # file:line of the suite's ``samples``: bad ids name it
 
 
 @dataclass(frozen=True)
@@ -148,7 +149,8 @@ class WorkerSpec:
         try:
             runs = tuple(RunSpec(dict(run["settings"]),
                                  tuple(EntrySpec(str(e["task"]), str(e["entry_key"]),
-                                                 Path(e["path"]), e.get("name"))
+                                                 Path(e["path"]), e.get("name"),
+                                                 e.get("samples_at"))
                                        for e in run["entries"]))
                          for run in data.get("runs") or ())
         except (KeyError, TypeError) as exc:
@@ -186,6 +188,8 @@ class WorkerSpec:
 def _entry_dict(entry: EntrySpec) -> dict[str, Any]:
     out: dict[str, Any] = {} if entry.name is None else {"name": entry.name}
     out.update(task=entry.task, entry_key=entry.entry_key, path=str(entry.path))
+    if entry.samples_at is not None:
+        out["samples_at"] = entry.samples_at
     return out
 
 

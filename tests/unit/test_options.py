@@ -28,6 +28,7 @@ NAMES = {
     "--disteval-fake-gpus": (None, None),
     "--disteval-doctor": (None, None),
     "--disteval-limit": ("disteval_limit", "DISTEVAL_LIMIT"),
+    "--disteval-limit-seed": ("disteval_limit_seed", "DISTEVAL_LIMIT_SEED"),
     "--disteval-dtype": ("disteval_dtype", "DISTEVAL_DTYPE"),
     "--disteval-batch-size": ("disteval_batch_size", "DISTEVAL_BATCH_SIZE"),
     "--disteval-model-args": ("disteval_model_args", "DISTEVAL_MODEL_ARGS"),
@@ -46,7 +47,8 @@ NAMES = {
 # a valid value per option that has an ini key, as a user writes it
 SAMPLES = {
     "dir": "out", "cache": "false", "timeout": "30m", "gpus": "0", "gpu_ids": "0,1",
-    "tp": "2", "pp": "2", "dp": "3", "pack": "2", "limit": "7", "dtype": "bfloat16",
+    "tp": "2", "pp": "2", "dp": "3", "pack": "2", "limit": "7", "limit_seed": "1",
+    "dtype": "bfloat16",
     "batch_size": "auto:4", "model_args": "max_model_len=512", "executor": "local",
     "worker_start": "subprocess", "ray_address": "auto", "baseline": "base.json",
     "save_baseline": "new.json", "alpha": "0.01", "json": "off", "md": "r.md",
@@ -96,8 +98,8 @@ def test_the_environment_reaches_every_setting(pytester: pytest.Pytester,
     gpu = settings.gpu
     assert (gpu.gpus, gpu.gpu_ids, gpu.tp, gpu.pp, gpu.dp, gpu.pack) == (0, (0, 1), 2, 2, 3, 2)
     ov = settings.overrides
-    assert (ov.limit, ov.dtype, ov.batch_size, ov.model_args) == (
-        7, "bfloat16", "auto:4", (("max_model_len", 512),))
+    assert (ov.limit, ov.limit_seed, ov.dtype, ov.batch_size, ov.model_args) == (
+        7, 1, "bfloat16", "auto:4", (("max_model_len", 512),))
     assert (settings.executor, settings.worker_start, settings.ray_address) == (
         "local", "subprocess", "auto")
     assert (settings.baseline, settings.save_baseline, settings.alpha) == (
@@ -107,6 +109,9 @@ def test_the_environment_reaches_every_setting(pytester: pytest.Pytester,
         None, start / "r.md", start / "r.html", "off")
     monkeypatch.setenv("DISTEVAL_SAVE_BASELINE", SAMPLES["save_baseline"])
     monkeypatch.delenv("DISTEVAL_LIMIT")
+    with pytest.raises(pytest.UsageError, match="DISTEVAL_LIMIT_SEED 1 draws --disteval-limit N"):
+        resolve(pytester.parseconfig())  # a seed draws a limit's documents: none, no seed
+    monkeypatch.delenv("DISTEVAL_LIMIT_SEED")
     assert resolve(pytester.parseconfig()).save_baseline == start / "new.json"
 
 
