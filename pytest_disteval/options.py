@@ -275,6 +275,12 @@ OPTIONS: tuple[Option, ...] = (
            env="DISTEVAL_MD"),
     Option("--disteval-html", "disteval_html", "Write a self-contained HTML report to PATH",
            _report_path, metavar="PATH", ini="disteval_html", env="DISTEVAL_HTML"),
+    Option("--disteval-samples", "disteval_samples",
+           "Export every document's prompt, responses, filtered answer and metric values as "
+           "JSONL beside each results file (secrets redacted); results stored without one "
+           "are evaluated again", parse_bool, ini="disteval_samples", env="DISTEVAL_SAMPLES",
+           default="false", off_flag="--disteval-no-samples",
+           off_help="No per-sample export, whatever the ini file or the environment says"),
     Option("--disteval-progress", "disteval_progress",
            "Live progress of running jobs: auto (on a terminal only), on or off",
            _choice(("auto", "on", "off"), "auto, on or off"), metavar="WHEN",

@@ -49,6 +49,7 @@ class Settings:
     save_baseline: Path | None = None
     alpha: float = 0.05
     reports: ReportOptions = ReportOptions()
+    export_samples: bool = False  # --disteval-samples: the readable per-sample JSONL
 
     @property
     def store_dir(self) -> Path:
@@ -113,6 +114,7 @@ def resolve(config: pytest.Config) -> Settings:
         ray_address=value["ray_address"],
         alpha=value["alpha"],
         reports=_report_options(config, base_dir, value, where),
+        export_samples=value["samples"],
         **baselines,
     )
 

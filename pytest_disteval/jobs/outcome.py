@@ -111,7 +111,7 @@ def read_recorded(meta_path: Path) -> tuple[float | None, dict[str, Any] | None]
 
 
 def write_results(path: Path, job: EvalJob, entries: dict[str, dict[str, Any]],
-                  record: dict[str, Any] | None = None) -> Path:
+                  record: dict[str, Any] | None = None, samples: Path | None = None) -> Path:
     """The job's results file: lm-eval's shape, with the entries' keys and the job record."""
     model = job.model
     config: dict[str, Any] = {
@@ -130,6 +130,9 @@ def write_results(path: Path, job: EvalJob, entries: dict[str, dict[str, Any]],
                      "partial": any(_partial(e["settings"]) for e in entries.values()),
                      "job": record},
     }
+    if samples is not None:
+        # the per-sample export (--disteval-samples): the reports link it
+        config["disteval"]["samples"] = str(samples)
     results = merge_entries(list(entries.values()), config)
     results["date"] = datetime.now(timezone.utc).timestamp()
     write_json_atomic(path, results)

@@ -41,6 +41,7 @@ from pytest_disteval.jobs.plans import JobPlans, backend_missing
 from pytest_disteval.jobs.sharded import ShardedRun
 from pytest_disteval.plan.planner import JobPlan
 from pytest_disteval.settings import Settings
+from pytest_disteval.store.export import assemble, export_path
 from pytest_disteval.store.results import ResultStore
 from pytest_disteval.suite.model import TaskEntry
 
@@ -162,7 +163,14 @@ class JobScheduler:
             # the suite's path, not its name: two suites may share a name
             path = (self.settings.results_dir / job.suite.path.with_suffix("")
                     / f"{job.name}.json")
-            outcome.results_path = write_results(path, job, entries, record)
+            samples = None
+            if self.settings.export_samples:
+                # the suite's order, cached entries and new ones alike
+                parts = [export_path(self.store.path(job.model_key, keys[e.name]))
+                         for e in job.entries if e.name in entries]
+                samples = assemble(path.with_suffix(".samples.jsonl"),
+                                   [p for p in parts if p.exists()])
+            outcome.results_path = write_results(path, job, entries, record, samples)
         return outcome
 
     def _stored(self, job: EvalJob, entries: Iterable[TaskEntry],
@@ -171,7 +179,9 @@ class JobScheduler:
         found = {}
         for entry in entries:
             stored = self.store.get(job.model_key, keys[entry.name])
-            if stored is not None:
+            # --disteval-samples: an entry stored without its export is evaluated again
+            if stored is not None and not (self.settings.export_samples and not export_path(
+                    self.store.path(job.model_key, keys[entry.name])).exists()):
                 found[entry.name] = stored
         return found
 
@@ -206,7 +216,8 @@ class JobScheduler:
         run_dir.mkdir(parents=True, exist_ok=True)
         for stale in run_dir.glob("*.json"):
             stale.unlink()
-        spec = worker_spec(job, todo, keys, run_dir, plan, self.store)
+        spec = worker_spec(job, todo, keys, run_dir, plan, self.store,
+                           export_samples=self.settings.export_samples)
         timeout = job.model.timeout or self.settings.timeout
         if len(plan.groups) > 1 or self.executor.remote:
             # the response store sits beside the entries, so --disteval-no-cache and

@@ -251,7 +251,7 @@ def run(spec: WorkerSpec) -> dict[str, Any]:
                                                 "git_hash", "date")}
             for entry in run_spec.entries:
                 # the samples first: an entry on disk then always has its samples beside it
-                _store_samples(results, entry)
+                _store_samples(results, entry, export=spec.export_samples)
                 write_json_atomic(entry.path, {
                     "entry_key": entry.entry_key,
                     "model_key": spec.model_key,
@@ -339,7 +339,7 @@ def _task_counts(counter: RequestCounter, lm: Any, entries: tuple[EntrySpec, ...
     return out
 
 
-def _store_samples(results: dict[str, Any], entry: EntrySpec) -> None:
+def _store_samples(results: dict[str, Any], entry: EntrySpec, *, export: bool = False) -> None:
     from pytest_disteval.store.samples import entry_samples, write_samples
 
     logged = results.get("samples") or {}
@@ -347,6 +347,11 @@ def _store_samples(results: dict[str, Any], entry: EntrySpec) -> None:
     per_task = entry_samples(logged, names)
     if per_task:
         write_samples(entry.path, entry.entry_key, per_task)
+    if export:
+        from pytest_disteval.store import export as sample_export
+
+        sample_export.write_export(sample_export.export_path(entry.path),
+                                   sample_export.lines(logged, entry.name or entry.task, names))
 
 
 def _subtasks(results: dict[str, Any], task: str) -> list[str]:

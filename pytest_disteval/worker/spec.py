@@ -86,6 +86,7 @@ class WorkerSpec:
     wait_for: Path | None = None  # score mode: the go file the scheduler writes
     session_pid: int | None = None  # score mode: stop waiting when this process is gone
     chunk_size: int | None = None  # shard mode: requests per response store commit
+    export_samples: bool = False  # write each entry's readable samples (store/export.py)
 
     @property
     def directory(self) -> Path:
@@ -119,6 +120,8 @@ class WorkerSpec:
             out["session_pid"] = self.session_pid
         if self.chunk_size is not None:
             out["chunk_size"] = self.chunk_size
+        if self.export_samples:
+            out["export_samples"] = True
         return out
 
     def to_json(self) -> str:
@@ -170,7 +173,8 @@ class WorkerSpec:
             responses=_path(data.get("responses")), shard=shard,
             run_dir=_path(data.get("run_dir")), wait_for=_path(data.get("wait_for")),
             session_pid=data.get("session_pid") or None,
-            chunk_size=int(data["chunk_size"]) if data.get("chunk_size") else None)
+            chunk_size=int(data["chunk_size"]) if data.get("chunk_size") else None,
+            export_samples=bool(data.get("export_samples")))
 
     @classmethod
     def from_json(cls, text: str) -> WorkerSpec:

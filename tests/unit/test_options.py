@@ -41,6 +41,7 @@ NAMES = {
     "--disteval-json": ("disteval_json", "DISTEVAL_JSON"),
     "--disteval-md": ("disteval_md", "DISTEVAL_MD"),
     "--disteval-html": ("disteval_html", "DISTEVAL_HTML"),
+    "--disteval-samples": ("disteval_samples", "DISTEVAL_SAMPLES"),
     "--disteval-progress": ("disteval_progress", "DISTEVAL_PROGRESS"),
 }
 
@@ -52,14 +53,15 @@ SAMPLES = {
     "batch_size": "auto:4", "model_args": "max_model_len=512", "executor": "local",
     "worker_start": "subprocess", "ray_address": "auto", "baseline": "base.json",
     "save_baseline": "new.json", "alpha": "0.01", "json": "off", "md": "r.md",
-    "html": "r.html", "progress": "off",
+    "html": "r.html", "progress": "off", "samples": "false",
 }
 WITH_INI = [o for o in OPTIONS if o.ini is not None]
 
 
 def test_every_flag_ini_key_and_environment_variable_keeps_its_name() -> None:
     assert {o.flag: (o.ini, o.env) for o in OPTIONS} == NAMES
-    assert [o.off_flag for o in OPTIONS if o.off_flag] == ["--disteval-no-cache"]
+    assert [o.off_flag for o in OPTIONS if o.off_flag] == ["--disteval-no-cache",
+                                                           "--disteval-no-samples"]
     assert set(SAMPLES) == {o.name for o in WITH_INI}
 
 
@@ -104,6 +106,7 @@ def test_the_environment_reaches_every_setting(pytester: pytest.Pytester,
         "local", "subprocess", "auto")
     assert (settings.baseline, settings.save_baseline, settings.alpha) == (
         start / "base.json", None, 0.01)
+    assert settings.export_samples is False  # the sample: "false"
     reports = settings.reports
     assert (reports.json_path, reports.md_path, reports.html_path, reports.progress) == (
         None, start / "r.md", start / "r.html", "off")
