@@ -281,6 +281,12 @@ OPTIONS: tuple[Option, ...] = (
            "are evaluated again", parse_bool, ini="disteval_samples", env="DISTEVAL_SAMPLES",
            default="false", off_flag="--disteval-no-samples",
            off_help="No per-sample export, whatever the ini file or the environment says"),
+    Option("--disteval-predict-only", "disteval_predict_only",
+           "Run the models and store their responses without scoring them (lm-eval's "
+           "predict_only); items are skipped as predicted only", parse_bool, default="false"),
+    Option("--disteval-rescore", "disteval_rescore",
+           "Score the responses stored by an earlier run (--disteval-predict-only, or any "
+           "dp run) again, without loading a model", parse_bool, default="false"),
     Option("--disteval-progress", "disteval_progress",
            "Live progress of running jobs: auto (on a terminal only), on or off",
            _choice(("auto", "on", "off"), "auto, on or off"), metavar="WHEN",

@@ -50,6 +50,8 @@ class Settings:
     alpha: float = 0.05
     reports: ReportOptions = ReportOptions()
     export_samples: bool = False  # --disteval-samples: the readable per-sample JSONL
+    predict_only: bool = False  # store the models' responses, score nothing
+    rescore: bool = False  # score the stored responses again, load no model
 
     @property
     def store_dir(self) -> Path:
@@ -84,6 +86,14 @@ def resolve(config: pytest.Config) -> Settings:
         raise pytest.UsageError(
             f"{where['limit_seed']} {value['limit_seed']} draws --disteval-limit N documents "
             "at random: give --disteval-limit N with it")
+    if value["predict_only"] and value["rescore"]:
+        raise pytest.UsageError("--disteval-predict-only and --disteval-rescore exclude each "
+                                "other: predict in one run, rescore in the next")
+    for flag in ("predict_only", "rescore"):
+        if value[flag] and not value["cache"]:
+            # the responses live in the store: a run without one keeps nothing to rescore
+            raise pytest.UsageError(f"--disteval-{flag.replace('_', '-')} needs the result "
+                                    f"store: drop {where['cache']}")
     if value["executor"] == "ray" and value["fake_gpus"]:
         raise pytest.UsageError("--disteval-fake-gpus cannot be combined with "
                                 f"{where['executor']} 'ray': the GPUs are the Ray cluster's "
@@ -115,6 +125,8 @@ def resolve(config: pytest.Config) -> Settings:
         alpha=value["alpha"],
         reports=_report_options(config, base_dir, value, where),
         export_samples=value["samples"],
+        predict_only=value["predict_only"],
+        rescore=value["rescore"],
         **baselines,
     )
 

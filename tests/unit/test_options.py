@@ -42,6 +42,8 @@ NAMES = {
     "--disteval-md": ("disteval_md", "DISTEVAL_MD"),
     "--disteval-html": ("disteval_html", "DISTEVAL_HTML"),
     "--disteval-samples": ("disteval_samples", "DISTEVAL_SAMPLES"),
+    "--disteval-predict-only": (None, None),
+    "--disteval-rescore": (None, None),
     "--disteval-progress": ("disteval_progress", "DISTEVAL_PROGRESS"),
 }
 
@@ -161,6 +163,12 @@ def test_options_that_only_together_are_wrong(pytester: pytest.Pytester) -> None
     with pytest.raises(pytest.UsageError, match="^--disteval-save-baseline cannot be combined "
                                                 "with --disteval-limit 5: a baseline records"):
         pytester.parseconfigure("--disteval-save-baseline=b.json", "--disteval-limit=5")
+    with pytest.raises(pytest.UsageError, match="^--disteval-predict-only and --disteval-rescore "
+                                                "exclude each other"):
+        pytester.parseconfigure("--disteval-predict-only", "--disteval-rescore")
+    with pytest.raises(pytest.UsageError, match="^--disteval-rescore needs the result store: "
+                                                "drop --disteval-no-cache"):
+        pytester.parseconfigure("--disteval-rescore", "--disteval-no-cache")
 
 
 def test_report_paths_are_anchored_as_junitxml_anchors_them(pytester: pytest.Pytester) -> None:
