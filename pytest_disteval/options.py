@@ -226,6 +226,10 @@ OPTIONS: tuple[Option, ...] = (
            "Quick look: at most N documents per task entry; results are marked partial and "
            "thresholds get a 2 x stderr tolerance", overrides.parse_limit, metavar="N",
            ini="disteval_limit", env="DISTEVAL_LIMIT", shown="no cap"),
+    Option("--disteval-limit-seed", "disteval_limit_seed",
+           "With --disteval-limit N: N documents per task drawn at random with this seed "
+           "(the same ones every run), not the first N", overrides.parse_seed, metavar="SEED",
+           ini="disteval_limit_seed", env="DISTEVAL_LIMIT_SEED", shown="the first N"),
     Option("--disteval-dtype", "disteval_dtype",
            "The dtype of every model: auto, float32, float16 or bfloat16",
            overrides.parse_dtype, metavar="DTYPE", ini="disteval_dtype", env="DISTEVAL_DTYPE",
@@ -281,6 +285,18 @@ OPTIONS: tuple[Option, ...] = (
            env="DISTEVAL_MD"),
     Option("--disteval-html", "disteval_html", "Write a self-contained HTML report to PATH",
            _report_path, metavar="PATH", ini="disteval_html", env="DISTEVAL_HTML"),
+    Option("--disteval-samples", "disteval_samples",
+           "Export every document's prompt, responses, filtered answer and metric values as "
+           "JSONL beside each results file (secrets redacted); results stored without one "
+           "are evaluated again", parse_bool, ini="disteval_samples", env="DISTEVAL_SAMPLES",
+           default="false", off_flag="--disteval-no-samples",
+           off_help="No per-sample export, whatever the ini file or the environment says"),
+    Option("--disteval-predict-only", "disteval_predict_only",
+           "Run the models and store their responses without scoring them (lm-eval's "
+           "predict_only); items are skipped as predicted only", parse_bool, default="false"),
+    Option("--disteval-rescore", "disteval_rescore",
+           "Score the responses stored by an earlier run (--disteval-predict-only, or any "
+           "dp run) again, without loading a model", parse_bool, default="false"),
     Option("--disteval-progress", "disteval_progress",
            "Live progress of running jobs: auto (on a terminal only), on or off",
            _choice(("auto", "on", "off"), "auto, on or off"), metavar="WHEN",

@@ -49,6 +49,9 @@ class Settings:
     save_baseline: Path | None = None
     alpha: float = 0.05
     reports: ReportOptions = ReportOptions()
+    export_samples: bool = False  # --disteval-samples: the readable per-sample JSONL
+    predict_only: bool = False  # store the models' responses, score nothing
+    rescore: bool = False  # score the stored responses again, load no model
 
     @property
     def store_dir(self) -> Path:
@@ -79,6 +82,18 @@ def resolve(config: pytest.Config) -> Settings:
         raise pytest.UsageError(
             f"--disteval-save-baseline cannot be combined with --disteval-limit "
             f"{value['limit']}: a baseline records full runs; drop the limit to save one")
+    if value["limit_seed"] is not None and not value["limit"]:
+        raise pytest.UsageError(
+            f"{where['limit_seed']} {value['limit_seed']} draws --disteval-limit N documents "
+            "at random: give --disteval-limit N with it")
+    if value["predict_only"] and value["rescore"]:
+        raise pytest.UsageError("--disteval-predict-only and --disteval-rescore exclude each "
+                                "other: predict in one run, rescore in the next")
+    for flag in ("predict_only", "rescore"):
+        if value[flag] and not value["cache"]:
+            # the responses live in the store: a run without one keeps nothing to rescore
+            raise pytest.UsageError(f"--disteval-{flag.replace('_', '-')} needs the result "
+                                    f"store: drop {where['cache']}")
     if value["executor"] == "ray" and value["fake_gpus"]:
         raise pytest.UsageError("--disteval-fake-gpus cannot be combined with "
                                 f"{where['executor']} 'ray': the GPUs are the Ray cluster's "
@@ -87,8 +102,9 @@ def resolve(config: pytest.Config) -> Settings:
     # absent values (None) leave the dataclasses' own defaults
     gpu = {name: value[name] for name in ("gpus", "tp", "pp", "dp", "pack", "gpu_ids",
                                           "fake_gpus") if value[name] is not None}
-    given = {name: value[name] for name in ("limit", "dtype", "batch_size", "model_args",
-                                            "apply_chat_template", "system_instruction")
+    given = {name: value[name] for name in ("limit", "limit_seed", "dtype", "batch_size",
+                                            "model_args", "apply_chat_template",
+                                            "system_instruction")
              if value[name] is not None}
     # relative to where pytest was started, as a shell user means it
     baselines = {name: _anchor(value[name], config.invocation_params.dir)
@@ -109,6 +125,9 @@ def resolve(config: pytest.Config) -> Settings:
         ray_address=value["ray_address"],
         alpha=value["alpha"],
         reports=_report_options(config, base_dir, value, where),
+        export_samples=value["samples"],
+        predict_only=value["predict_only"],
+        rescore=value["rescore"],
         **baselines,
     )
 

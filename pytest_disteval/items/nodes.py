@@ -235,9 +235,12 @@ class ThresholdItem(DistevalItem):
             ("margin", round(verdict.margin, 6)),
             ("defined_at", str(self.loc)),
         ])
-        if self.entry.limit is not None:
+        if self.entry.partial:
             # a limited run scores part of the task: every report says so
-            self.user_properties.extend([("partial", True), ("limit", self.entry.limit)])
+            limit = self.entry.limit if self.entry.samples is None else len(self.entry.samples)
+            self.user_properties.extend([("partial", True), ("limit", limit)])
+            if self.entry.limit_seed is not None:
+                self.user_properties.append(("limit_seed", self.entry.limit_seed))
             note = overrides.small_n_note(score.n, score.stderr, t.tolerance)
             if note is not None:
                 self.user_properties.append(("limit_note", note))

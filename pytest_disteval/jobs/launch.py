@@ -126,7 +126,7 @@ def failure(job: EvalJob, run: WorkerRun, error_file: Path,
 
 
 def worker_spec(job: EvalJob, todo: list[TaskEntry], keys: dict[str, str], run_dir: Path,
-                plan: JobPlan, store: ResultStore) -> WorkerSpec:
+                plan: JobPlan, store: ResultStore, *, export_samples: bool = False) -> WorkerSpec:
     """The direct worker's spec; a shard's and the scorer's replace a few fields."""
     runs: dict[str, tuple[dict[str, Any], list[EntrySpec]]] = {}
     for entry in todo:
@@ -134,7 +134,8 @@ def worker_spec(job: EvalJob, todo: list[TaskEntry], keys: dict[str, str], run_d
         settings = entry.settings()
         runs.setdefault(digest(settings), (settings, []))[1].append(EntrySpec(
             task=entry.task, entry_key=keys[entry.name],
-            path=store.path(job.model_key, keys[entry.name]), name=entry.name))
+            path=store.path(job.model_key, keys[entry.name]), name=entry.name,
+            samples_at=None if entry.samples_at is None else str(entry.samples_at)))
     model = job.model
     backend = BACKENDS[model.backend]
     return WorkerSpec(
@@ -145,7 +146,8 @@ def worker_spec(job: EvalJob, todo: list[TaskEntry], keys: dict[str, str], run_d
         include_paths=tuple(job.suite.include_paths), workdir=job.suite.workdir,
         all_local=all(_is_local(job, e) for e in todo), model_key=job.model_key,
         runs=tuple(RunSpec(settings, tuple(entries)) for settings, entries in runs.values()),
-        error_path=run_dir / "error.json", meta_path=run_dir / "meta.json")
+        error_path=run_dir / "error.json", meta_path=run_dir / "meta.json",
+        export_samples=export_samples)
 
 
 def _is_local(job: EvalJob, entry: TaskEntry) -> bool:

@@ -73,8 +73,9 @@ class JobRegistry:
                 raise
         known = self.outcomes.get(key)
         # entries added after the job ran (the fixture, a later call) need another run
+        # (a skipped job, predicted only or without its backend, has no entries to add to)
         if known is None or any(e.name not in known.entries and known.failure is None
-                                for e in job.entries):
+                                and not known.skip_reason for e in job.entries):
             self.outcomes[key] = self._run(job)
         return self.outcomes[key]
 
@@ -108,7 +109,7 @@ def read_recorded(meta_path: Path) -> tuple[float | None, dict[str, Any] | None]
 
 
 def write_results(path: Path, job: EvalJob, entries: dict[str, dict[str, Any]],
-                  record: dict[str, Any] | None = None) -> Path:
+                  record: dict[str, Any] | None = None, samples: Path | None = None) -> Path:
     """The job's results file: lm-eval's shape, with the entries' keys and the job record."""
     model = job.model
     config: dict[str, Any] = {
@@ -121,14 +122,21 @@ def write_results(path: Path, job: EvalJob, entries: dict[str, dict[str, Any]],
                      "model_key": job.model_key,
                      "entries": {name: {"settings": e["settings"], "key": e["entry_key"],
                                         "computed_at": e["computed_at"],
-                                        "partial": e["settings"].get("limit") is not None}
+                                        "partial": _partial(e["settings"])}
                                  for name, e in entries.items()},
                      # a limit scores part of a task: such results are not the task's
-                     "partial": any(e["settings"].get("limit") is not None
-                                    for e in entries.values()),
+                     "partial": any(_partial(e["settings"]) for e in entries.values()),
                      "job": record},
     }
+    if samples is not None:
+        # the per-sample export (--disteval-samples): the reports link it
+        config["disteval"]["samples"] = str(samples)
     results = merge_entries(list(entries.values()), config)
     results["date"] = datetime.now(timezone.utc).timestamp()
     write_json_atomic(path, results)
     return path
+
+
+def _partial(settings: dict[str, Any]) -> bool:
+    # a limit or chosen doc ids: part of the task's documents
+    return settings.get("limit") is not None or settings.get("samples") is not None

@@ -16,6 +16,7 @@ from __future__ import annotations
 import os
 import tempfile
 from collections.abc import Iterable
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -42,6 +43,7 @@ from pytest_disteval.jobs.precheck import precheck
 from pytest_disteval.jobs.sharded import ShardedRun
 from pytest_disteval.plan.planner import JobPlan
 from pytest_disteval.settings import Settings
+from pytest_disteval.store.export import assemble, export_path
 from pytest_disteval.store.results import ResultStore
 from pytest_disteval.suite.model import TaskEntry
 
@@ -125,8 +127,10 @@ class JobScheduler:
         lock_path = self.settings.base_dir / "locks" / f"{job.model_key}.lock"
         lock_path.parent.mkdir(parents=True, exist_ok=True)
         # two sessions (or xdist workers) on one model: the second waits, then reuses
+        predict, rescore = self.settings.predict_only, self.settings.rescore
         with filelock.FileLock(str(lock_path)):
-            entries = self._stored(job, job.entries, keys)
+            # predicting and rescoring redo every entry: the result store answers neither
+            entries = {} if predict or rescore else self._stored(job, job.entries, keys)
             cached = set(entries)
             todo = [e for e in job.entries if e.name not in entries]
             failure: JobFailure | None = None
@@ -139,18 +143,25 @@ class JobScheduler:
                 skip = None if failure else skip
                 if skip and job.model.required:
                     failure, skip = JobFailure(skip), None
+                if failure is None and skip is None and rescore \
+                        and not self._responses(job).exists():
+                    failure = JobFailure(
+                        f"--disteval-rescore: no responses are stored for model {job.name!r} "
+                        f"(model key {job.model_key[:12]}, {self._responses(job)}): run it "
+                        "with --disteval-predict-only first, with the same model and settings")
                 if failure is None and skip is None:
                     try:
                         run, failure = self._start_worker(job, todo, keys)
                     except LeaseTimeout as exc:
                         failure = JobFailure(f"no free GPU group for model {job.name!r} "
                                              f"within the job timeout: {exc}")
-                entries.update(self._stored(job, todo, keys))
+                if not predict:  # a prediction stores responses, no entry
+                    entries.update(self._stored(job, todo, keys))
             set_key = digest(sorted(keys.values()))
             meta_path = self.store.root / "jobs" / f"{job.model_key}-{set_key}.json"
             recorded = None
             record = self._record(job, run, partial=bool(cached)) if run is not None else None
-            if run is not None and failure is None and not cached:
+            if run is not None and failure is None and not cached and not predict:
                 # a wall time means something for the whole set of tasks only
                 write_recorded(meta_path, run.wall_s, record)
             elif run is None:
@@ -160,12 +171,24 @@ class JobScheduler:
                              recorded if run is None else None)
         outcome.partial = run is not None and bool(cached)
         outcome.skip_reason = skip if todo else None
+        if predict and run is not None and failure is None:
+            # the items have nothing to judge: they say where the responses went
+            outcome.skip_reason = (f"predicted only (--disteval-predict-only): the responses "
+                                   f"are in {self._responses(job)}; score them with "
+                                   "--disteval-rescore")
         outcome.record = record
         if entries:
             # the suite's path, not its name: two suites may share a name
             path = (self.settings.results_dir / job.suite.path.with_suffix("")
                     / f"{job.name}.json")
-            outcome.results_path = write_results(path, job, entries, record)
+            samples = None
+            if self.settings.export_samples:
+                # the suite's order, cached entries and new ones alike
+                parts = [export_path(self.store.path(job.model_key, keys[e.name]))
+                         for e in job.entries if e.name in entries]
+                samples = assemble(path.with_suffix(".samples.jsonl"),
+                                   [p for p in parts if p.exists()])
+            outcome.results_path = write_results(path, job, entries, record, samples)
         return outcome
 
     def _stored(self, job: EvalJob, entries: Iterable[TaskEntry],
@@ -174,9 +197,15 @@ class JobScheduler:
         found = {}
         for entry in entries:
             stored = self.store.get(job.model_key, keys[entry.name])
-            if stored is not None:
+            # --disteval-samples: an entry stored without its export is evaluated again
+            if stored is not None and not (self.settings.export_samples and not export_path(
+                    self.store.path(job.model_key, keys[entry.name])).exists()):
                 found[entry.name] = stored
         return found
+
+    def _responses(self, job: EvalJob) -> Path:
+        # beside the entries, so --disteval-no-cache and --disteval-clear-cache cover it too
+        return self.store.root / "responses" / f"{job.model_key}.sqlite"
 
     def _run_dir(self, job: EvalJob) -> Path:
         return self.settings.runs_dir / job.run_name
@@ -209,13 +238,21 @@ class JobScheduler:
         run_dir.mkdir(parents=True, exist_ok=True)
         for stale in run_dir.glob("*.json"):
             stale.unlink()
-        spec = worker_spec(job, todo, keys, run_dir, plan, self.store)
+        spec = worker_spec(job, todo, keys, run_dir, plan, self.store,
+                           export_samples=self.settings.export_samples)
         timeout = job.model.timeout or self.settings.timeout
-        if len(plan.groups) > 1 or self.executor.remote:
-            # the response store sits beside the entries, so --disteval-no-cache and
-            # --disteval-clear-cache cover it too
-            responses = self.store.root / "responses" / f"{job.model_key}.sqlite"
-            return self.sharded.run(job, plan, spec, run_dir, responses, timeout)
+        responses = self._responses(job)
+        if self.settings.rescore:
+            # the scoring worker alone, on this host: every answer from the store, no model
+            score = self.launcher.launch(job, plan, [], {},
+                                         replace(spec, mode="score", responses=responses),
+                                         run_dir / "spec-score.json", f"{job.run_name}-score",
+                                         timeout)
+            return score, failure(job, score, run_dir / "error.json", timeout)
+        if len(plan.groups) > 1 or self.executor.remote or self.settings.predict_only:
+            # predict-only: the shards alone (one at dp 1) store every response
+            return self.sharded.run(job, plan, spec, run_dir, responses, timeout,
+                                    score=not self.settings.predict_only)
         # one replica: any free group will do (xdist workers and other sessions share)
         lease = (self.leases.acquire_any(plan.candidates or plan.groups, timeout=timeout,
                                          owner=f"pytest-disteval {job.key}")

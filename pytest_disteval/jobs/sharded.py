@@ -38,8 +38,12 @@ class ShardedRun:
         self._alloc = threading.Lock()  # one job at a time picks its groups: no deadlock
 
     def run(self, job: EvalJob, plan: JobPlan, spec: WorkerSpec, run_dir: Path,
-            responses: Path, timeout: float | None) -> tuple[WorkerRun, JobFailure | None]:
-        """Evaluate ``spec``'s entries on ``plan``'s replicas; the scorer's run, or a shard's."""
+            responses: Path, timeout: float | None, *,
+            score: bool = True) -> tuple[WorkerRun, JobFailure | None]:
+        """Evaluate ``spec``'s entries on ``plan``'s replicas; the scorer's run, or a shard's.
+
+        ``score=False`` (--disteval-predict-only): the shards only; the first one's run.
+        """
         started = time.perf_counter()
         executor = self.launcher.executor
         leases = self._lease(job, plan, timeout)
@@ -75,7 +79,8 @@ class ShardedRun:
         scorer = threading.Thread(target=lambda: score_runs.append(self.launcher.launch(
             job, plan, [], {}, score_spec, run_dir / "spec-score.json",
             f"{job.run_name}-score", timeout)), daemon=True)
-        scorer.start()
+        if score:
+            scorer.start()
         try:
             threads = [threading.Thread(target=shard, args=(i, g, 0), daemon=True)
                        for i, g in enumerate(replica_groups)]
@@ -98,7 +103,8 @@ class ShardedRun:
         write_json_atomic(go, {"go": not failed, "why": f"shard {failed[0]} failed"
                                if failed else ""})
         try:
-            scorer.join()
+            if score:
+                scorer.join()
         except BaseException:
             kill_all()
             raise
@@ -109,9 +115,13 @@ class ShardedRun:
                 why.message = (f"shard {failed[0]} of {len(plan.groups)} failed twice "
                                f"(the retry ran on another group): {why.message}")
             return run, why
-        (score,) = score_runs
-        score.wall_s = time.perf_counter() - started
-        return score, failure(job, score, run_dir / "error.json", timeout)
+        if not score:
+            first = runs[0]
+            first.wall_s = time.perf_counter() - started
+            return first, None
+        (scored,) = score_runs
+        scored.wall_s = time.perf_counter() - started
+        return scored, failure(job, scored, run_dir / "error.json", timeout)
 
     def _lease(self, job: EvalJob, plan: JobPlan, timeout: float | None) -> dict[Group, Lease]:
         """Each distinct group of the job, leased once for the whole job (packed replicas

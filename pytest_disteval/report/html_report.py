@@ -300,11 +300,22 @@ def render(report: dict[str, Any]) -> str:
             "</thead><tbody>"]
     out += [_row(job_cells(job)) for job in report["jobs"]]
     out.append("</tbody></table>")
+    exports = [j for j in report["jobs"] if j.get("samples_path")]
+    if exports:
+        # --disteval-samples: each job's prompts and responses, one JSON line each
+        out.append('<p>Per-sample export (JSONL, secrets redacted):</p><ul id="samples">')
+        out += [f'<li>{escape(str(j["model"]))}: <a href="{escape(_href(j["samples_path"]))}">'
+                f'{escape(str(j["samples_path"]))}</a></li>' for j in exports]
+        out.append("</ul>")
     for job in report["jobs"]:
         out.append(f"<h2>{escape(str(job['id']))}</h2>")
         out.append(_job_charts(job))
     out += [f"<script>{_JS}</script>", "</body></html>", ""]
     return "\n".join(out)
+
+
+def _href(path: str) -> str:
+    return Path(path).as_uri() if Path(path).is_absolute() else path
 
 
 def write(path: Path, report: dict[str, Any]) -> None:

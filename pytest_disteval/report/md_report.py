@@ -46,6 +46,11 @@ def render(report: dict[str, Any]) -> str:
                                 for i in report["items"]])
     lines += ["", "### Jobs", ""]
     lines += _table(JOB_HEADER, [job_cells(j) for j in report["jobs"]])
+    exports = [j for j in report["jobs"] if j.get("samples_path")]
+    if exports:
+        # --disteval-samples: where each job's prompts and responses are
+        lines += ["", "Per-sample export (JSONL, secrets redacted):", ""]
+        lines += [f"- {_cell(str(j['model']))}: `{j['samples_path']}`" for j in exports]
     lines += ["", f"<sub>pytest-disteval {report['generator']['version']}, lm-eval "
                   f"{report['generator']['lm_eval_version']}, on {_html(report['machine']['host'])}"
                   f", {report['finished_at']}</sub>", ""]

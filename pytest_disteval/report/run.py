@@ -107,7 +107,7 @@ class RunRecorder:
             job = jobs.setdefault(item["job"], {
                 "id": item["job"], "suite": item["job"].split("::", 1)[0],
                 "model": props.get("model"), "backend": props.get("backend"),
-                "results_path": None, "job": None, "results": None,
+                "results_path": None, "samples_path": None, "job": None, "results": None,
                 "items": {"passed": 0, "failed": 0, "skipped": 0}})
             job["items"][item["outcome"]] = job["items"].get(item["outcome"], 0) + 1
             path = props.get("results")
@@ -116,8 +116,9 @@ class RunRecorder:
                 results = read_json_object(Path(str(path)))
                 if results is not None:
                     job["results"] = results
-                    job["job"] = ((results.get("config", {}).get("disteval", {}) or {}).get("job")
-                                  or _stored_record(store_dir, results))
+                    disteval = results.get("config", {}).get("disteval", {}) or {}
+                    job["job"] = disteval.get("job") or _stored_record(store_dir, results)
+                    job["samples_path"] = disteval.get("samples")  # --disteval-samples
         return list(jobs.values())
 
 

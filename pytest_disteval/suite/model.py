@@ -111,6 +111,11 @@ class TaskEntry:
     # EVAL_KEYS as resolved for this entry (its own, else its model's, else defaults:);
     # absent: lm-eval's default. fewshot_as_multiturn as written (None: the CLI's rule)
     evaluation: dict[str, Any] = field(default_factory=dict)
+    # lm-eval's per-task doc ids (simple_evaluate's samples=); never with a limit
+    samples: tuple[int, ...] | None = None
+    # with a limit: that many doc ids drawn at random with this seed, in the worker
+    limit_seed: int | None = None
+    samples_at: Loc | None = None  # where ``samples`` was written: out-of-range ids name it
 
     def eval_setting(self, key: str) -> Any:
         """The value ``simple_evaluate`` gets for ``key`` (one of EVAL_KEYS)."""
@@ -129,7 +134,17 @@ class TaskEntry:
             value = self.eval_setting(key)
             if value != LM_EVAL_DEFAULTS[key]:
                 out[key] = value
+        # only when set: the keys of entries without them stay what they were
+        if self.samples is not None:
+            out["samples"] = list(self.samples)
+        if self.limit_seed is not None:
+            out["limit_seed"] = self.limit_seed
         return out
+
+    @property
+    def partial(self) -> bool:
+        """Scored on part of the task's documents (a limit or chosen doc ids)."""
+        return self.limit is not None or self.samples is not None
 
 
 @dataclass

@@ -1,6 +1,7 @@
-"""Run-wide overrides: --disteval-limit (quick look), --disteval-dtype, --disteval-batch-size,
---disteval-model-args, --disteval-apply-chat-template and --disteval-system-instruction,
-applied to every model of every suite as it is loaded.
+"""Run-wide overrides: --disteval-limit (quick look, --disteval-limit-seed for a random
+subset), --disteval-dtype, --disteval-batch-size, --disteval-model-args,
+--disteval-apply-chat-template and --disteval-system-instruction, applied to every model
+of every suite as it is loaded.
 
 Applied to the parsed Suite before items and jobs exist, so everything downstream
 (model key, entry key, memory estimate, worker spec, results file) sees the
@@ -11,6 +12,7 @@ environment > the suite.
 from __future__ import annotations
 
 import dataclasses
+import random
 import re
 from dataclasses import dataclass
 from typing import Any
@@ -18,7 +20,7 @@ from typing import Any
 import pytest
 
 from pytest_disteval.backends import LAYOUT_KEYS
-from pytest_disteval.suite.model import MODEL_KEY, Suite, TaskEntry
+from pytest_disteval.suite.model import MODEL_KEY, Suite, TaskEntry, Threshold
 
 # dtype names that lm-eval's hf model (torch names) and vLLM/SGLang (their --dtype) all take
 DTYPES = ("auto", "float32", "float", "float16", "half", "bfloat16")
@@ -31,6 +33,7 @@ LIMIT_TOLERANCE = 2.0
 @dataclass(frozen=True)
 class Overrides:
     limit: int | None = None  # documents per task entry, at most
+    limit_seed: int | None = None  # with limit: documents drawn at random, not the first
     dtype: str | None = None
     batch_size: int | str | None = None
     model_args: tuple[tuple[str, Any], ...] = ()
@@ -77,6 +80,13 @@ def parse_limit(value: object, where: str) -> int:
     if not text.isdigit() or int(text) < 1:
         raise pytest.UsageError(f"{where}: {value!r} is not valid: a whole number of "
                                 "documents >= 1, e.g. 20")
+    return int(text)
+
+
+def parse_seed(value: object, where: str) -> int:
+    text = str(value).strip()
+    if not text.isdigit():
+        raise pytest.UsageError(f"{where}: {value!r} is not valid: a whole number >= 0, e.g. 1")
     return int(text)
 
 
@@ -155,7 +165,8 @@ def apply(suite: Suite, overrides: Overrides) -> Suite:
         if overrides.batch_size is not None:
             model.batch_size = overrides.batch_size
         if overrides.limit is not None:
-            model.tasks = [_limited(e, overrides.limit) for e in model.tasks]
+            model.tasks = [_limited(e, overrides.limit, overrides.limit_seed)
+                           for e in model.tasks]
         if overrides.evaluation:
             # over every entry's own: a copy each, entries may be shared by models
             model.tasks = [dataclasses.replace(e, evaluation={**e.evaluation,
@@ -164,15 +175,33 @@ def apply(suite: Suite, overrides: Overrides) -> Suite:
     return suite
 
 
-def _limited(entry: TaskEntry, cap: int) -> TaskEntry:
+def _limited(entry: TaskEntry, cap: int, seed: int | None = None) -> TaskEntry:
+    if entry.samples is not None:
+        if len(entry.samples) <= cap:
+            return entry  # the suite's own, fewer doc ids: as written
+        # the suite's ids, capped: a seeded subset of them, else the first
+        ids = (sorted(random.Random(seed).sample(entry.samples, cap)) if seed is not None
+               else list(entry.samples[:cap]))
+        return dataclasses.replace(entry, samples=tuple(ids),
+                                   thresholds=_quick_look(entry.thresholds))
     limit = capped_limit(entry.limit, cap)
     if limit == entry.limit:
-        return entry  # the suite's own, smaller limit: the suite as written
+        # the suite's own, smaller limit: as written, but drawn at random when asked
+        if seed is None or entry.limit_seed is not None:
+            return entry
+        return dataclasses.replace(entry, limit_seed=seed)
+    if seed is not None:
+        # the worker draws the ids: only it knows the task's number of documents
+        return dataclasses.replace(entry, limit=limit, limit_seed=seed,
+                                   thresholds=_quick_look(entry.thresholds))
     # a quick look: a score of few documents is checked within its stderr, unless the
     # suite chose a tolerance itself
-    thresholds = [t if t.tolerance else dataclasses.replace(t, tolerance=LIMIT_TOLERANCE)
-                  for t in entry.thresholds]
-    return dataclasses.replace(entry, limit=limit, thresholds=thresholds)
+    return dataclasses.replace(entry, limit=limit, thresholds=_quick_look(entry.thresholds))
+
+
+def _quick_look(thresholds: list[Threshold]) -> list[Threshold]:
+    return [t if t.tolerance else dataclasses.replace(t, tolerance=LIMIT_TOLERANCE)
+            for t in thresholds]
 
 
 def small_n_note(n: int | None, stderr: float | None, tolerance: float) -> str | None:

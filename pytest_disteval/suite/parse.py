@@ -616,6 +616,17 @@ def _task(raw: Any, where: str, line: int, defaults: yamlpos.PosDict, index: Tas
     if "apply_chat_template" in raw:
         _check_template_name(raw, f"{where}.", evaluation, inherited.model.model_args,
                              inherited.model.backend, problems)
+    samples = _samples(raw, where, problems)
+    limit_seed = _int_setting(raw, defaults, "limit_seed", f"{where}.", raw.line_of("limit_seed"),
+                              problems)
+    if samples is not None and limit is not None:
+        # lm-eval refuses both in one call: say so where they were written
+        problems.add(raw.line_of("samples"), f"{where}.samples",
+                     "cannot be combined with 'limit' (lm-eval takes one or the other): "
+                     "drop the limit, or the samples")
+    if limit_seed is not None and limit is None:
+        problems.add(raw.line_of("limit_seed"), f"{where}.limit_seed",
+                     "draws 'limit' documents at random: it needs a 'limit' beside it")
     if local is not None:
         _check_data_files(local, raw, where, problems)
     thresholds: list[Threshold] = []
@@ -644,7 +655,29 @@ def _task(raw: Any, where: str, line: int, defaults: yamlpos.PosDict, index: Tas
                      "be tested; add e.g. thresholds: {acc: 0.5}")
     return TaskEntry(name, task, num_fewshot, limit, 1234 if seed is None else seed,
                      thresholds, marks, Loc(shown, raw.line), local, budgets, regression,
-                     default_tolerance, evaluation)
+                     default_tolerance, evaluation, samples=samples,
+                     limit_seed=limit_seed if limit is not None else None,
+                     samples_at=None if samples is None else Loc(shown, raw.line_of("samples")))
+
+
+def _samples(raw: yamlpos.PosDict, where: str, problems: _Problems) -> tuple[int, ...] | None:
+    """``samples: [0, 5, 17]``: lm-eval's doc ids, sorted (its logged doc_id assumes so)."""
+    value = raw.get("samples")
+    if value is None:
+        return None
+    line = raw.line_of("samples")
+    ok = isinstance(value, list) and bool(value) and all(
+        isinstance(v, int) and not isinstance(v, bool) and v >= 0 for v in value)
+    if not ok:
+        problems.add(line, f"{where}.samples", f"{value!r} is not valid: a non-empty list of "
+                     "document ids (whole numbers >= 0), e.g. [0, 5, 17]")
+        return None
+    if len(set(value)) != len(value):
+        dup = sorted({v for v in value if value.count(v) > 1})
+        problems.add(line, f"{where}.samples", f"document ids {dup} appear twice: each id "
+                     "once (lm-eval scores a document once)")
+        return None
+    return tuple(sorted(value))
 
 
 def _tolerance(spec: Any, where: str, line: int, shown: Path,

@@ -173,6 +173,9 @@ def run(spec: WorkerSpec) -> dict[str, Any]:
                 include_defaults=not spec.all_local, metadata=dict(spec.model_args) | metadata)
         return managers[key]
     _check_tasks(task_manager, spec.tasks)
+    # doc ids drawn and checked before the model loads: a bad id costs no load
+    selections = [_doc_selection(run_spec.settings, run_spec.entries, task_manager)
+                  for run_spec in spec.runs]
     indexed = time.perf_counter()
     print(f"[disteval] imports {imported - started:.1f}s, task index {indexed - imported:.1f}s"
           f" (lm-eval speed-ups: {', '.join(applied) or 'none'})", flush=True)
@@ -228,13 +231,15 @@ def run(spec: WorkerSpec) -> dict[str, Any]:
                               "load_s": loaded - indexed,
                               "runs": [], "tasks": {}, "oom_retries": []}
     try:
-        for run_spec in spec.runs:
+        for run_spec, (limit, samples) in zip(spec.runs, selections, strict=True):
             settings = run_spec.settings
             tasks = run_spec.tasks
             t0 = time.perf_counter()
             how = "" if mode == "direct" else f" ({mode} mode)"
             print(f"[disteval] evaluating {', '.join(tasks)} with {settings}{how}", flush=True)
             kwargs = run_spec.evaluate_kwargs(spec.gen_kwargs)
+            # the documents: a limit, or doc ids (the suite's, or a seeded draw)
+            kwargs["limit"], kwargs["samples"] = limit, samples
             if mode == "shard":
                 kwargs["bootstrap_iters"] = 0  # a shard's metrics are discarded: no stderr
             if mode != "score":
@@ -277,7 +282,7 @@ def run(spec: WorkerSpec) -> dict[str, Any]:
                                                 "git_hash", "date")}
             for entry in run_spec.entries:
                 # the samples first: an entry on disk then always has its samples beside it
-                _store_samples(results, entry)
+                _store_samples(results, entry, export=spec.export_samples)
                 write_json_atomic(entry.path, {
                     "entry_key": entry.entry_key,
                     "model_key": spec.model_key,
@@ -305,6 +310,43 @@ def run(spec: WorkerSpec) -> dict[str, Any]:
     return timing
 
 
+def _doc_selection(settings: dict[str, Any], entries: tuple[EntrySpec, ...],
+                   task_manager: Any) -> tuple[int | float | None, dict[str, list[int]] | None]:
+    """simple_evaluate's ``limit`` and ``samples`` for a run's settings.
+
+    ``samples`` (the suite's doc ids) go to each leaf task of each entry; ``limit`` with
+    ``limit_seed`` becomes ``samples`` too: that many ids drawn with
+    ``random.Random(seed)`` from each leaf task's own number of documents, so every
+    shard and the scorer, drawing here from the same task, score the same documents.
+    """
+    ids, seed = settings.get("samples"), settings.get("limit_seed")
+    if ids is None and seed is None:
+        return settings["limit"], None
+    import math
+    import random
+
+    out: dict[str, list[int]] = {}
+    for entry in entries:
+        for leaf, task in task_manager.load([entry.task])["tasks"].items():
+            n = len(task.eval_docs)
+            if ids is not None:
+                bad = [i for i in ids if i >= n]
+                if bad:
+                    where = f"{entry.samples_at}: " if entry.samples_at else ""
+                    raise BadRequest(f"{where}samples: doc ids {bad[:5]} are out of range: "
+                                     f"task {leaf!r} has {n} documents (ids 0 to {n - 1})")
+                out[leaf] = sorted(ids)
+            else:
+                limit = settings["limit"]
+                # as lm-eval reads a limit: a fraction of the documents, else a count
+                k = math.ceil(n * limit) if limit < 1 else min(int(limit), n)
+                # sorted: lm-eval maps a logged doc_id back through the ids in this order
+                out[leaf] = sorted(random.Random(seed).sample(range(n), k))
+    # the ids in the log: lm-eval's --samples reproduces the run by hand
+    print(f"[disteval] samples: {json.dumps(out, separators=(',', ':'))}", flush=True)
+    return None, out
+
+
 def _task_counts(counter: RequestCounter, lm: Any, entries: tuple[EntrySpec, ...],
                  results: dict[str, Any], seconds: float) -> dict[str, dict[str, Any]]:
     """Each entry's requests, tokens and seconds in this ``simple_evaluate`` call.
@@ -328,7 +370,7 @@ def _task_counts(counter: RequestCounter, lm: Any, entries: tuple[EntrySpec, ...
     return out
 
 
-def _store_samples(results: dict[str, Any], entry: EntrySpec) -> None:
+def _store_samples(results: dict[str, Any], entry: EntrySpec, *, export: bool = False) -> None:
     from pytest_disteval.store.samples import entry_samples, write_samples
 
     logged = results.get("samples") or {}
@@ -336,6 +378,11 @@ def _store_samples(results: dict[str, Any], entry: EntrySpec) -> None:
     per_task = entry_samples(logged, names)
     if per_task:
         write_samples(entry.path, entry.entry_key, per_task)
+    if export:
+        from pytest_disteval.store import export as sample_export
+
+        sample_export.write_export(sample_export.export_path(entry.path),
+                                   sample_export.lines(logged, entry.name or entry.task, names))
 
 
 def _subtasks(results: dict[str, Any], task: str) -> list[str]:

@@ -42,6 +42,7 @@ class EntrySpec:
     entry_key: str
     path: Path
     name: str | None = None  # the suite's entry name; None: the task's
+    samples_at: str | None = None  # file:line of the suite's ``samples``: bad ids name it
 
 
 @dataclass(frozen=True)
@@ -109,6 +110,7 @@ class WorkerSpec:
     wait_for: Path | None = None  # score mode: the go file the scheduler writes
     session_pid: int | None = None  # score mode: stop waiting when this process is gone
     chunk_size: int | None = None  # shard mode: requests per response store commit
+    export_samples: bool = False  # write each entry's readable samples (store/export.py)
 
     @property
     def directory(self) -> Path:
@@ -143,6 +145,8 @@ class WorkerSpec:
             out["session_pid"] = self.session_pid
         if self.chunk_size is not None:
             out["chunk_size"] = self.chunk_size
+        if self.export_samples:
+            out["export_samples"] = True
         return out
 
     def to_json(self) -> str:
@@ -173,7 +177,8 @@ class WorkerSpec:
         try:
             runs = tuple(RunSpec(dict(run["settings"]),
                                  tuple(EntrySpec(str(e["task"]), str(e["entry_key"]),
-                                                 Path(e["path"]), e.get("name"))
+                                                 Path(e["path"]), e.get("name"),
+                                                 e.get("samples_at"))
                                        for e in run["entries"]))
                          for run in data.get("runs") or ())
         except (KeyError, TypeError) as exc:
@@ -194,7 +199,8 @@ class WorkerSpec:
             responses=_path(data.get("responses")), shard=shard,
             run_dir=_path(data.get("run_dir")), wait_for=_path(data.get("wait_for")),
             session_pid=data.get("session_pid") or None,
-            chunk_size=int(data["chunk_size"]) if data.get("chunk_size") else None)
+            chunk_size=int(data["chunk_size"]) if data.get("chunk_size") else None,
+            export_samples=bool(data.get("export_samples")))
 
     @classmethod
     def from_json(cls, text: str) -> WorkerSpec:
@@ -212,6 +218,8 @@ class WorkerSpec:
 def _entry_dict(entry: EntrySpec) -> dict[str, Any]:
     out: dict[str, Any] = {} if entry.name is None else {"name": entry.name}
     out.update(task=entry.task, entry_key=entry.entry_key, path=str(entry.path))
+    if entry.samples_at is not None:
+        out["samples_at"] = entry.samples_at
     return out
 
 

@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import subprocess
 import sys
 
 import pytest
 
-from conftest import Demo
+from conftest import ROOT, Demo
 from helpers import model_block, write_suite
 
 SUITE = """\
@@ -79,6 +80,15 @@ def test_collection_imports_neither_torch_nor_lm_eval(project: pytest.Pytester,
     result = project.run(sys.executable, "-c", code)
     assert result.ret == 0
     result.stdout.fnmatch_lines(["5 tests collected*", "HEAVY: []"])
+
+
+def test_the_chat_check_reads_no_transformers() -> None:
+    # the chat-template check runs at collection for CPU runs: files only, no imports
+    code = ("import sys, pytest_disteval.preflight.chat, pytest_disteval.plugin; "
+            "print([m for m in ('transformers', 'torch', 'lm_eval') if m in sys.modules])")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                         check=True, cwd=ROOT)
+    assert out.stdout.strip() == "[]"
 
 
 def test_options_are_in_the_disteval_group(pytester: pytest.Pytester) -> None:

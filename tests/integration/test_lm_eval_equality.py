@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import random
 import shutil
 import subprocess
 import sys
@@ -255,3 +256,48 @@ def test_a_cpu_run_shows_the_chat_checks_before_it_evaluates(
         "WARN  chat template suites/plain.yaml::chat * has a chat template*"])
     # a warning only: the entry runs, on lm-eval's default plain prompts
     assert junit_outcomes(project.path / "report.xml")["passed"] == 1
+
+
+# arith_mc's and arith_gen's test split: 200 documents each (suites/data/arith_test.jsonl)
+MC_IDS = [3, 17, 42, 43, 99, 120, 150, 151, 177, 198]
+# what the worker draws for limit 12 with limit_seed 7, as docs/quick-look.md states it
+GEN_IDS = sorted(random.Random(7).sample(range(200), 12))
+
+
+@pytest.mark.parametrize("dp", [1, 3])
+def test_samples_and_a_seeded_limit_equal_simple_evaluate_with_those_ids(
+        project: pytest.Pytester, demo: Demo, tmp_path: Path, dp: int) -> None:
+    # the untrained model: its scores on other documents would differ
+    write_suite(project, "ids", "disteval: 1\ninclude: [tasks]\nmodels:\n"
+                + model_block("weak", demo.weak) + f"""\
+tasks:
+  - task: arith_mc
+    num_fewshot: 3
+    samples: {list(reversed(MC_IDS))}
+    thresholds: {{acc: 0.0}}
+  - task: arith_gen
+    limit: 12
+    limit_seed: 7
+    thresholds: {{"exact_match,flexible-extract": 0.0}}
+""")
+    run = project.runpytest("suites", "--gpus", "0", "--dp", str(dp), "--junitxml=report.xml")
+    assert junit_outcomes(project.path / "report.xml") == {"passed": 2, "failed": 0,
+                                                           "error": 0, "skipped": 0}
+    base = project.path / ".disteval"
+    ours = json.loads((base / "results/suites/ids/weak.json").read_text())
+    calls = [{"tasks": ["arith_mc"], "num_fewshot": 3, "batch_size": 64,
+              "samples": {"arith_mc": MC_IDS}},
+             {"tasks": ["arith_gen"], "batch_size": 64, "samples": {"arith_gen": GEN_IDS}}]
+    mc, gen = direct_calls(demo.weak, calls, tmp_path)
+    for task, theirs in (("arith_mc", mc), ("arith_gen", gen)):
+        assert ours["results"][task] == theirs["results"][task]
+        assert ours["n-samples"][task] == theirs["n-samples"][task]
+    assert ours["n-samples"]["arith_mc"]["effective"] == len(MC_IDS)
+    assert ours["config"]["disteval"]["entries"]["arith_mc"]["partial"] is True
+    # every worker of the job (the shards and the scorer at dp 3) drew the same ids
+    drawn = [line for log in (base / "logs").glob("*.log")
+             for line in log.read_text().splitlines() if line.startswith("[disteval] samples:")]
+    assert len(drawn) == (1 if dp == 1 else dp + 1) * 2, run.stdout.str()  # two runs
+    assert {json.dumps({"arith_gen": GEN_IDS}, separators=(",", ":")) in d for d in drawn} \
+        == {True, False}
+    assert len(set(drawn)) == 2

@@ -7,6 +7,7 @@ CI); the rest are cheap: plans, usage errors, settings, pure functions.
 from __future__ import annotations
 
 import json
+import random
 import xml.etree.ElementTree as ET
 from pathlib import Path
 
@@ -15,6 +16,7 @@ import pytest
 from pytest_disteval.jobs.job import EvalJob
 from pytest_disteval.state import SETTINGS
 from pytest_disteval.suite import overrides
+from pytest_disteval.suite.model import SuiteError
 from pytest_disteval.suite.parse import parse_suite
 
 from conftest import Demo
@@ -169,3 +171,105 @@ def test_overrides_show_in_the_plan_and_bad_ones_are_usage_errors(
     assert result.ret == pytest.ExitCode.USAGE_ERROR
     result.stderr.fnmatch_lines(["ERROR: --disteval-batch-size: 'big' is not valid: a positive "
                                  "integer, 'auto' or 'auto:N'*"])
+
+
+def test_limit_seed_and_samples_are_part_of_the_key_and_capped_by_a_quick_look(
+        tmp_path: Path) -> None:
+    job = parsed(tmp_path, "  - task: u\n    samples: [9, 2, 5, 7]\n    thresholds: {acc: 0.5}\n"
+                 "  - task: v\n    limit: 5\n    thresholds: {acc: 0.5}\n")
+    t, u, v = job.model.tasks
+    assert u.samples == (2, 5, 7, 9) and u.partial and u.settings()["samples"] == [2, 5, 7, 9]
+    # entries without the new keys keep the keys they had
+    assert set(t.settings()) == {"num_fewshot", "limit", "fewshot_seed"}
+    keys = {e.name: job.entry_key(e) for e in job.model.tasks}
+    overrides.apply(job.suite, overrides.Overrides(limit=3, limit_seed=1))
+    t2, u2, v2 = job.model.tasks
+    assert (t2.limit, t2.limit_seed) == (3, 1)
+    assert (v2.limit, v2.limit_seed) == (3, 1)
+    # the suite's ids, capped: three of them, drawn with the seed
+    assert u2.samples == tuple(sorted(random.Random(1).sample((2, 5, 7, 9), 3)))
+    assert u2.thresholds[0].tolerance == 2.0 and u2.limit is None
+    assert all(job.entry_key(e) != keys[e.name] for e in job.model.tasks)
+    again = parsed(tmp_path, "  - task: u\n    samples: [9, 2, 5, 7]\n    thresholds: {acc: 0.5}\n"
+                   "  - task: v\n    limit: 5\n    thresholds: {acc: 0.5}\n")
+    overrides.apply(again.suite, overrides.Overrides(limit=3, limit_seed=2))
+    assert job.entry_key(job.model.tasks[0]) != again.entry_key(again.model.tasks[0])
+
+
+@pytest.mark.parametrize(("entry", "message"), [
+    ("limit: 5\n    samples: [1, 2]", "samples: cannot be combined with 'limit'"),
+    ("samples: [1, -2]", "samples: [1, -2] is not valid: a non-empty list of document ids"),
+    ("samples: []", "samples: [] is not valid"),
+    ("samples: [1, true]", "samples: [1, True] is not valid"),
+    ("samples: [4, 1, 4]", "samples: document ids [4] appear twice"),
+    ("limit_seed: 3", "limit_seed: draws 'limit' documents at random: it needs a 'limit'"),
+    ("limit: 5\n    limit_seed: x", "limit_seed: 'x' is not valid: a non-negative integer"),
+])
+def test_bad_samples_and_limit_seeds_name_their_line(tmp_path: Path, entry: str,
+                                                      message: str) -> None:
+    with pytest.raises(SuiteError) as info:
+        parsed(tmp_path, f"  - task: u\n    {entry}\n    thresholds: {{acc: 0.5}}\n")
+    (line,) = [p for p in str(info.value).splitlines() if message in p]
+    key = "limit_seed" if "limit_seed" in message else "samples"
+    assert line.startswith(f"{tmp_path / 's.yaml'}:")
+    # the line named is the key's own
+    number = int(line.split(":")[1])
+    text = parsed_text(entry).splitlines()[number - 1]
+    assert text.strip().startswith(f"{key}:")
+
+
+def parsed_text(entry: str) -> str:
+    return f"""\
+disteval: 1
+models:
+  - name: m
+    backend: vllm
+    model_args: {{pretrained: org/m, dtype: bfloat16}}
+    batch_size: 8
+tasks:
+  - task: t
+    thresholds: {{acc: 0.5, f1: {{min: 0.4, tolerance: 1}}}}
+  - task: u
+    {entry}
+    thresholds: {{acc: 0.5}}
+"""
+
+
+class _Task:
+    def __init__(self, n: int) -> None:
+        self.eval_docs = list(range(n))
+
+
+class _Tasks:
+    """A TaskManager's ``load`` for a group ``g`` of two leaf tasks and a task ``t``."""
+
+    def load(self, names: list[str]) -> dict[str, dict[str, _Task]]:
+        (name,) = names
+        return {"tasks": {"g_a": _Task(50), "g_b": _Task(8)} if name == "g"
+                else {name: _Task(30)}}
+
+
+def test_the_worker_draws_each_leaf_tasks_ids_from_its_own_size_and_the_seed(
+        capsys: pytest.CaptureFixture[str]) -> None:
+    from pytest_disteval.worker.main import _doc_selection
+    from pytest_disteval.worker.spec import BadRequest, EntrySpec
+
+    entries = (EntrySpec("g", "k1", Path("a.json")), EntrySpec("t", "k2", Path("b.json")))
+    settings = {"num_fewshot": None, "limit": 10, "fewshot_seed": 1234, "limit_seed": 4}
+    limit, samples = _doc_selection(settings, entries, _Tasks())
+    assert limit is None and samples == {
+        "g_a": sorted(random.Random(4).sample(range(50), 10)),
+        "g_b": list(range(8)),  # fewer documents than the limit: all of them
+        "t": sorted(random.Random(4).sample(range(30), 10))}
+    assert _doc_selection(settings, entries, _Tasks()) == (None, samples)  # every shard alike
+    assert '[disteval] samples: {"g_a":' in capsys.readouterr().out
+    fraction = _doc_selection({**settings, "limit": 0.1}, entries[:1], _Tasks())[1]
+    assert fraction is not None and (len(fraction["g_a"]), len(fraction["g_b"])) == (5, 1)
+    plain = {"num_fewshot": None, "limit": 7, "fewshot_seed": 1234}
+    assert _doc_selection(plain, entries, _Tasks()) == (7, None)  # no seed: lm-eval's first N
+    ids = {**plain, "limit": None, "samples": [1, 9, 40]}
+    with pytest.raises(BadRequest) as info:
+        _doc_selection(ids, (EntrySpec("g", "k", Path("a.json"), samples_at="s.yaml:7"),),
+                       _Tasks())
+    assert str(info.value) == ("s.yaml:7: samples: doc ids [9, 40] are out of range: task "
+                               "'g_b' has 8 documents (ids 0 to 7)")

@@ -28,6 +28,7 @@ NAMES = {
     "--disteval-fake-gpus": (None, None),
     "--disteval-doctor": (None, None),
     "--disteval-limit": ("disteval_limit", "DISTEVAL_LIMIT"),
+    "--disteval-limit-seed": ("disteval_limit_seed", "DISTEVAL_LIMIT_SEED"),
     "--disteval-dtype": ("disteval_dtype", "DISTEVAL_DTYPE"),
     "--disteval-batch-size": ("disteval_batch_size", "DISTEVAL_BATCH_SIZE"),
     "--disteval-model-args": ("disteval_model_args", "DISTEVAL_MODEL_ARGS"),
@@ -44,25 +45,30 @@ NAMES = {
     "--disteval-json": ("disteval_json", "DISTEVAL_JSON"),
     "--disteval-md": ("disteval_md", "DISTEVAL_MD"),
     "--disteval-html": ("disteval_html", "DISTEVAL_HTML"),
+    "--disteval-samples": ("disteval_samples", "DISTEVAL_SAMPLES"),
+    "--disteval-predict-only": (None, None),
+    "--disteval-rescore": (None, None),
     "--disteval-progress": ("disteval_progress", "DISTEVAL_PROGRESS"),
 }
 
 # a valid value per option that has an ini key, as a user writes it
 SAMPLES = {
     "dir": "out", "cache": "false", "timeout": "30m", "gpus": "0", "gpu_ids": "0,1",
-    "tp": "2", "pp": "2", "dp": "3", "pack": "2", "limit": "7", "dtype": "bfloat16",
+    "tp": "2", "pp": "2", "dp": "3", "pack": "2", "limit": "7", "limit_seed": "1",
+    "dtype": "bfloat16",
     "batch_size": "auto:4", "model_args": "max_model_len=512", "executor": "local",
     "worker_start": "subprocess", "ray_address": "auto", "baseline": "base.json",
     "save_baseline": "new.json", "alpha": "0.01", "json": "off", "md": "r.md",
     "html": "r.html", "progress": "off", "apply_chat_template": "chatml",
-    "system_instruction": "Answer briefly.",
+    "system_instruction": "Answer briefly.", "samples": "false",
 }
 WITH_INI = [o for o in OPTIONS if o.ini is not None]
 
 
 def test_every_flag_ini_key_and_environment_variable_keeps_its_name() -> None:
     assert {o.flag: (o.ini, o.env) for o in OPTIONS} == NAMES
-    assert [o.off_flag for o in OPTIONS if o.off_flag] == ["--disteval-no-cache"]
+    assert [o.off_flag for o in OPTIONS if o.off_flag] == ["--disteval-no-cache",
+                                                           "--disteval-no-samples"]
     assert set(SAMPLES) == {o.name for o in WITH_INI}
 
 
@@ -101,17 +107,21 @@ def test_the_environment_reaches_every_setting(pytester: pytest.Pytester,
     gpu = settings.gpu
     assert (gpu.gpus, gpu.gpu_ids, gpu.tp, gpu.pp, gpu.dp, gpu.pack) == (0, (0, 1), 2, 2, 3, 2)
     ov = settings.overrides
-    assert (ov.limit, ov.dtype, ov.batch_size, ov.model_args) == (
-        7, "bfloat16", "auto:4", (("max_model_len", 512),))
+    assert (ov.limit, ov.limit_seed, ov.dtype, ov.batch_size, ov.model_args) == (
+        7, 1, "bfloat16", "auto:4", (("max_model_len", 512),))
     assert (settings.executor, settings.worker_start, settings.ray_address) == (
         "local", "subprocess", "auto")
     assert (settings.baseline, settings.save_baseline, settings.alpha) == (
         start / "base.json", None, 0.01)
+    assert settings.export_samples is False  # the sample: "false"
     reports = settings.reports
     assert (reports.json_path, reports.md_path, reports.html_path, reports.progress) == (
         None, start / "r.md", start / "r.html", "off")
     monkeypatch.setenv("DISTEVAL_SAVE_BASELINE", SAMPLES["save_baseline"])
     monkeypatch.delenv("DISTEVAL_LIMIT")
+    with pytest.raises(pytest.UsageError, match="DISTEVAL_LIMIT_SEED 1 draws --disteval-limit N"):
+        resolve(pytester.parseconfig())  # a seed draws a limit's documents: none, no seed
+    monkeypatch.delenv("DISTEVAL_LIMIT_SEED")
     assert resolve(pytester.parseconfig()).save_baseline == start / "new.json"
 
 
@@ -158,6 +168,12 @@ def test_options_that_only_together_are_wrong(pytester: pytest.Pytester) -> None
     with pytest.raises(pytest.UsageError, match="^--disteval-save-baseline cannot be combined "
                                                 "with --disteval-limit 5: a baseline records"):
         pytester.parseconfigure("--disteval-save-baseline=b.json", "--disteval-limit=5")
+    with pytest.raises(pytest.UsageError, match="^--disteval-predict-only and --disteval-rescore "
+                                                "exclude each other"):
+        pytester.parseconfigure("--disteval-predict-only", "--disteval-rescore")
+    with pytest.raises(pytest.UsageError, match="^--disteval-rescore needs the result store: "
+                                                "drop --disteval-no-cache"):
+        pytester.parseconfigure("--disteval-rescore", "--disteval-no-cache")
 
 
 def test_report_paths_are_anchored_as_junitxml_anchors_them(pytester: pytest.Pytester) -> None:
