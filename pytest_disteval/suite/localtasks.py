@@ -63,7 +63,8 @@ class LocalTask:
         if isinstance(metric_list, list):
             for entry in metric_list:
                 if isinstance(entry, dict) and "metric" in entry:
-                    metrics.append((str(entry["metric"]), _higher(str(entry["metric"]), entry)))
+                    name = _metric_name(entry["metric"], self.config)
+                    metrics.append((name, _higher(name, entry)))
         else:
             for name in DEFAULT_METRICS.get(self.output_type or "", ()):
                 metrics.append((name, name not in LOWER_IS_BETTER))
@@ -94,6 +95,15 @@ class LocalTask:
     def dataset_path(self) -> str | None:
         value = self.config.get("dataset_path")
         return value if isinstance(value, str) else None
+
+
+def _metric_name(metric: Any, config: dict[str, Any]) -> str:
+    """The name lm-eval reports a metric under: ``!function utils.pass_at_k`` is the
+    function's name (``pass_at_k``), unless ``process_results`` names the metrics itself."""
+    text = str(metric)
+    if text.startswith("!function ") and config.get("process_results") is None:
+        return text.removeprefix("!function ").strip().rsplit(".", 1)[-1]
+    return text
 
 
 def _higher(metric: str, entry: dict[str, Any]) -> bool:
@@ -201,6 +211,12 @@ class LocalTaskError(ValueError):
         self.path = path
         self.line = line
         self.problem = problem
+
+
+def load_config(path: Path) -> tuple[dict[str, Any], list[Path]]:
+    """A task YAML's config with its includes merged, and the files read for it."""
+    chain: list[Path] = []
+    return _load_with_includes(path, chain), chain
 
 
 _INCLUDE_RE = re.compile(r"^include[ \t]*:", re.M)

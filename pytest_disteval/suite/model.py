@@ -91,11 +91,16 @@ class TaskEntry:
     # None: ``regression: false``, no regression items for this entry
     regression: dict[str, Tolerance] | None = field(default_factory=dict)
     regression_default: Tolerance = Tolerance()
+    # lm-eval's confirm_run_unsafe_code: the entry's own, else its model's (suite/unsafe.py)
+    confirm_run_unsafe_code: bool = False
 
     def settings(self) -> dict[str, Any]:
         """What lm-eval must be told, besides the task, to reproduce this entry's score."""
-        return {"num_fewshot": self.num_fewshot, "limit": self.limit,
-                "fewshot_seed": self.fewshot_seed}
+        settings: dict[str, Any] = {"num_fewshot": self.num_fewshot, "limit": self.limit,
+                                    "fewshot_seed": self.fewshot_seed}
+        if self.confirm_run_unsafe_code:  # only when given: the keys of other entries stay
+            settings["confirm_run_unsafe_code"] = True
+        return settings
 
 
 @dataclass
@@ -115,6 +120,7 @@ class ModelSpec:
     pp: int | None = None
     dp: int | None = None
     required: bool = False  # fail, rather than skip, when the backend is not installed
+    confirm_run_unsafe_code: bool = False  # run tasks that execute model code (suite/unsafe.py)
 
     @property
     def weights(self) -> str:

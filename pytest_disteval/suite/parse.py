@@ -37,6 +37,8 @@ from pytest_disteval.suite.model import (
     Threshold,
     Tolerance,
 )
+from pytest_disteval.suite.unsafe import KEY as UNSAFE_KEY
+from pytest_disteval.suite.unsafe import unsafe_reason
 from pytest_disteval.units import parse_duration
 
 SCHEMA_PATH = Path(__file__).with_name("suite.schema.json")
@@ -245,6 +247,7 @@ def parse_suite(text: str, path: Path, root: Path | None = None, *,
                          f"model name {model.name!r} is used twice in this suite; "
                          "give each model a distinct 'name'")
         seen_models.add(model.name)
+        model.confirm_run_unsafe_code = _consent(raw, where, problems) or False
         entries: dict[str, TaskEntry] = {}
         own: set[str] = set()
         for src, src_where in ((shared_tasks, "tasks"), (raw.get("tasks", []), f"{where}.tasks")):
@@ -257,6 +260,8 @@ def parse_suite(text: str, path: Path, root: Path | None = None, *,
                               index, shown, problems, require_thresholds)
                 if entry is None:
                     continue
+                _check_unsafe(raw_task, entry, model, f"{src_where}[{j}]", where, index,
+                              problems)
                 if entry.name in entries and (src_where == "tasks" or entry.name in own):
                     problems.add(entry.loc.line, f"{src_where}[{j}].name",
                                  f"task entry name {entry.name!r} is used twice; "
@@ -563,6 +568,38 @@ def _regression(raw: yamlpos.PosDict, where: str, known: dict[str, bool] | None,
         tolerance = _tolerance(tol, f"{where}.regression.{metric}", line, shown, problems)
         out[key] = tolerance if tolerance.loc is not None else Tolerance(loc=Loc(shown, line))
     return out
+
+
+def _consent(raw: yamlpos.PosDict, where: str, problems: _Problems) -> bool | None:
+    """``confirm_run_unsafe_code`` of a model or task entry: True, False, or None (not given)."""
+    value = raw.get(UNSAFE_KEY)
+    if value is None or isinstance(value, bool):
+        return value
+    problems.add(raw.line_of(UNSAFE_KEY), f"{where}.{UNSAFE_KEY}",
+                 f"{value!r} is not valid: true or false (true lets lm-eval run code the "
+                 "model writes, on this machine; see docs/suites.md#tasks-that-run-model-code)")
+    return None
+
+
+def _check_unsafe(raw: yamlpos.PosDict, entry: TaskEntry, model: ModelSpec, where: str,
+                  model_where: str, index: TaskIndex, problems: _Problems) -> None:
+    """Set the entry's consent (its own, else its model's); refuse an unsafe task without it."""
+    own = _consent(raw, where, problems)
+    entry.confirm_run_unsafe_code = model.confirm_run_unsafe_code if own is None else own
+    if entry.confirm_run_unsafe_code:
+        return
+    why = unsafe_reason(entry.task, index)
+    if why is None:
+        return
+    if own is False:
+        at, fix = raw.line_of(UNSAFE_KEY), f"remove the entry or set {UNSAFE_KEY}: true"
+    else:
+        at = raw.line_of("task")
+        fix = (f"to run it, add '{UNSAFE_KEY}: true' to model {model.name!r} "
+               f"({model_where}, line {model.loc.line}) or to this task entry")
+    problems.add(at, f"{where}.task",
+                 f"task {entry.task!r} runs code the model writes ({why}); lm-eval runs it only "
+                 f"with consent: {fix}, and read docs/suites.md#tasks-that-run-model-code first")
 
 
 def _check_data_files(local: LocalTask, raw: yamlpos.PosDict, where: str,

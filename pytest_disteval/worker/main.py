@@ -72,6 +72,14 @@ def _check_tasks(task_manager: Any, tasks: list[str]) -> None:
                              "(local tasks are found under the suite's 'include' directories)")
 
 
+def allow_code_eval(spec: WorkerSpec) -> None:
+    """HF_ALLOW_CODE_EVAL=1 in a worker whose suite consented to run model code: HF's
+    code_eval, which humaneval and mbpp score with, refuses without it (lm-eval's CLI
+    leaves it to the user). A value the user set stays; without consent, none is set."""
+    if any(run.settings.get("confirm_run_unsafe_code") for run in spec.runs):
+        os.environ.setdefault("HF_ALLOW_CODE_EVAL", "1")
+
+
 def _load_model(spec: WorkerSpec) -> Any:
     import lm_eval.api.registry
 
@@ -129,6 +137,7 @@ def _count_progress(lm: Any, spec: WorkerSpec) -> Any:
 def run(spec: WorkerSpec) -> dict[str, Any]:
     mode = spec.mode
     os.chdir(spec.workdir)  # lm-eval resolves relative data_files against the cwd
+    allow_code_eval(spec)
     started = time.perf_counter()
     import lm_eval
     from lm_eval.tasks import TaskManager
@@ -213,6 +222,7 @@ def run(spec: WorkerSpec) -> dict[str, Any]:
                         num_fewshot=settings["num_fewshot"],
                         limit=settings["limit"],
                         fewshot_random_seed=settings["fewshot_seed"],
+                        confirm_run_unsafe_code=bool(settings.get("confirm_run_unsafe_code")),
                         gen_kwargs=spec.gen_kwargs,
                         task_manager=task_manager,
                         # per-document results for paired regression tests (samples.py);
