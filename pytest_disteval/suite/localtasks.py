@@ -48,6 +48,15 @@ class LocalTask:
         value = self.config.get("output_type")
         return value if isinstance(value, str) else None
 
+    @property
+    def metrics_known(self) -> bool:
+        """False when a metric is a ``!function``: what it reports is known only after a run
+        (humaneval's ``!function utils.pass_at_k`` reports ``pass@1``)."""
+        metric_list = self.config.get("metric_list")
+        return self.kind == "group" or not isinstance(metric_list, list) or not any(
+            isinstance(e, dict) and str(e.get("metric", "")).startswith("!function ")
+            for e in metric_list)
+
     def metric_keys(self) -> dict[str, bool]:
         """Map ``metric,filter`` -> higher_is_better for the metrics this task reports."""
         if self.kind == "group":
@@ -63,8 +72,7 @@ class LocalTask:
         if isinstance(metric_list, list):
             for entry in metric_list:
                 if isinstance(entry, dict) and "metric" in entry:
-                    name = _metric_name(entry["metric"], self.config)
-                    metrics.append((name, _higher(name, entry)))
+                    metrics.append((str(entry["metric"]), _higher(str(entry["metric"]), entry)))
         else:
             for name in DEFAULT_METRICS.get(self.output_type or "", ()):
                 metrics.append((name, name not in LOWER_IS_BETTER))
@@ -95,15 +103,6 @@ class LocalTask:
     def dataset_path(self) -> str | None:
         value = self.config.get("dataset_path")
         return value if isinstance(value, str) else None
-
-
-def _metric_name(metric: Any, config: dict[str, Any]) -> str:
-    """The name lm-eval reports a metric under: ``!function utils.pass_at_k`` is the
-    function's name (``pass_at_k``), unless ``process_results`` names the metrics itself."""
-    text = str(metric)
-    if text.startswith("!function ") and config.get("process_results") is None:
-        return text.removeprefix("!function ").strip().rsplit(".", 1)[-1]
-    return text
 
 
 def _higher(metric: str, entry: dict[str, Any]) -> bool:

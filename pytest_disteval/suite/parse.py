@@ -491,7 +491,8 @@ def _task(raw: Any, where: str, line: int, defaults: yamlpos.PosDict, index: Tas
     thresholds: list[Threshold] = []
     raw_thresholds = _optional_mapping(raw, "thresholds", where, "{acc: 0.5} (metric -> bound)",
                                        problems)
-    known = local.metric_keys() if local is not None else None  # once per entry, not per use
+    # once per entry, not per use; None: checked after the run, as for a built-in task
+    known = local.metric_keys() if local is not None and local.metrics_known else None
     if raw_thresholds is not None:
         for metric, spec in raw_thresholds.items():
             if not _finite_bounds(spec, f"{where}.thresholds.{metric}",
