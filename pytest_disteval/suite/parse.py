@@ -212,6 +212,7 @@ def parse_suite(text: str, path: Path, root: Path | None = None, *,
             workdir = (suite_dir / data["workdir"]).resolve()
 
     index = TaskIndex(include_paths)
+    unsafe_seen: dict[str, str | None] = {}  # task -> why it runs model code: once per task
     defaults = data.get("defaults", yamlpos.PosDict())
     if not isinstance(defaults, yamlpos.PosDict):
         problems.add(data.line_of("defaults"), "defaults", "must be a mapping")
@@ -261,7 +262,7 @@ def parse_suite(text: str, path: Path, root: Path | None = None, *,
                 if entry is None:
                     continue
                 _check_unsafe(raw_task, entry, model, f"{src_where}[{j}]", where, index,
-                              problems)
+                              problems, unsafe_seen)
                 if entry.name in entries and (src_where == "tasks" or entry.name in own):
                     problems.add(entry.loc.line, f"{src_where}[{j}].name",
                                  f"task entry name {entry.name!r} is used twice; "
@@ -583,13 +584,16 @@ def _consent(raw: yamlpos.PosDict, where: str, problems: _Problems) -> bool | No
 
 
 def _check_unsafe(raw: yamlpos.PosDict, entry: TaskEntry, model: ModelSpec, where: str,
-                  model_where: str, index: TaskIndex, problems: _Problems) -> None:
+                  model_where: str, index: TaskIndex, problems: _Problems,
+                  seen: dict[str, str | None]) -> None:
     """Set the entry's consent (its own, else its model's); refuse an unsafe task without it."""
-    own = _consent(raw, where, problems)
+    own = _consent(raw, where, problems) if UNSAFE_KEY in raw else None
     entry.confirm_run_unsafe_code = model.confirm_run_unsafe_code if own is None else own
     if entry.confirm_run_unsafe_code:
         return
-    why = unsafe_reason(entry.task, index)
+    if entry.task not in seen:
+        seen[entry.task] = unsafe_reason(entry.task, index)
+    why = seen[entry.task]
     if why is None:
         return
     if own is False:
