@@ -149,3 +149,18 @@ def test_dp_3_shards_and_the_scoring_worker_run_the_unsafe_task_with_consent(
                     ("humaneval_local", "hellaswag_local"))
     for task in ("humaneval_local", "hellaswag_local"):
         assert ours["results"][task] == theirs["results"][task], task
+
+
+def test_an_unsafe_task_collection_cannot_see_fails_its_items_with_the_key_to_add(
+        project: pytest.Pytester, demo: Demo) -> None:
+    # a local tag is no local task name: collection lets it pass, lm-eval refuses its task
+    (project.path / "suites" / "tasks" / "arith_unsafe.yaml").write_text(
+        "include: arith_gen.yaml\ntask: arith_unsafe\ntag: [unsafe_tag]\nunsafe_code: true\n")
+    write_suite(project, "tagged", "disteval: 1\ninclude: [tasks]\nmodels:\n"
+                + model_block("tiny", demo.good) + "tasks:\n  - task: unsafe_tag\n"
+                "    limit: 2\n    thresholds: {\"exact_match,strict-match\": 0.0}\n")
+    result = project.runpytest("suites", "--disteval-dir=base")
+    result.assert_outcomes(failed=1)
+    result.stdout.fnmatch_lines([
+        "*Attempted to run task: arith_unsafe which is marked as unsafe.*In the suite: add "
+        "'confirm_run_unsafe_code: true' to the model or to the task entry*"])

@@ -80,6 +80,18 @@ def allow_code_eval(spec: WorkerSpec) -> None:
         os.environ.setdefault("HF_ALLOW_CODE_EVAL", "1")
 
 
+def unsafe_hint(exc: BaseException) -> str | None:
+    """lm-eval's refusal of an unsafe task, said in the suite's terms; None for anything else.
+    Collection refuses the unsafe tasks it can see; this is for those it cannot (a local tag,
+    a task defined inline in a group)."""
+    text = str(exc)
+    if not (isinstance(exc, ValueError) and "marked as unsafe" in text):
+        return None
+    return (f"{text.strip()} In the suite: add 'confirm_run_unsafe_code: true' to the model "
+            "or to the task entry; the task runs code the model writes, on this machine (see "
+            "docs/suites.md#tasks-that-run-model-code)")
+
+
 def _load_model(spec: WorkerSpec) -> Any:
     import lm_eval.api.registry
 
@@ -377,6 +389,11 @@ def main(argv: list[str]) -> int:
         print(f"[disteval] error: {exc}", file=sys.stderr, flush=True)
         return EXIT_BAD_REQUEST
     except Exception as exc:
+        hint = unsafe_hint(exc)
+        if hint is not None:  # a user's fix, not a crash
+            write_json_atomic(spec.error_path, {"message": hint})
+            print(f"[disteval] error: {hint}", file=sys.stderr, flush=True)
+            return EXIT_BAD_REQUEST
         # the traceback goes to the log; the items show its last line first
         traceback.print_exc()
         write_json_atomic(spec.error_path, {"message": f"{type(exc).__name__}: {exc}"})

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -12,6 +13,8 @@ from pytest_disteval.jobs.job import EvalJob
 from pytest_disteval.suite.model import SuiteError
 from pytest_disteval.suite.parse import parse_suite
 from pytest_disteval.suite.unsafe import builtin_tasks_dir, builtin_unsafe, unsafe_reason
+from pytest_disteval.worker.main import allow_code_eval, unsafe_hint
+from pytest_disteval.worker.spec import RunSpec, WorkerSpec
 
 BUILTIN = builtin_tasks_dir()
 pytestmark = pytest.mark.skipif(BUILTIN is None, reason="lm-eval is not installed")
@@ -166,3 +169,36 @@ def test_a_function_metric_is_checked_after_the_run_not_at_collection(tmp_path: 
                  local=humaneval_local())
     (entry,) = parse_suite(path.read_text(), path).models[0].tasks
     assert [t.metric for t in entry.thresholds] == ["pass_at_7,none"]
+
+
+def _spec(tmp_path: Path, *consents: bool) -> WorkerSpec:
+    runs = tuple(RunSpec({"num_fewshot": None, "limit": None, "fewshot_seed": 1234,
+                          **({"confirm_run_unsafe_code": True} if c else {})}, ())
+                 for c in consents)
+    return WorkerSpec(error_path=tmp_path / "e.json", meta_path=tmp_path / "m.json", runs=runs)
+
+
+def test_the_worker_allows_code_eval_only_where_the_suite_consents(
+        tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("HF_ALLOW_CODE_EVAL", raising=False)
+    allow_code_eval(_spec(tmp_path, False, False))
+    assert "HF_ALLOW_CODE_EVAL" not in os.environ
+    allow_code_eval(_spec(tmp_path, False, True))
+    assert os.environ["HF_ALLOW_CODE_EVAL"] == "1"
+    # the user's own value stays (0: code_eval refuses, as the user asked)
+    monkeypatch.setenv("HF_ALLOW_CODE_EVAL", "0")
+    allow_code_eval(_spec(tmp_path, True))
+    assert os.environ["HF_ALLOW_CODE_EVAL"] == "0"
+    # the consent travels in the spec the scheduler writes and the worker reads
+    back = WorkerSpec.from_json(_spec(tmp_path, True).to_json())
+    assert back.runs[0].settings["confirm_run_unsafe_code"] is True
+
+
+def test_lm_evals_refusal_is_told_in_the_suites_terms() -> None:
+    refusal = ValueError("Attempted to run task: t which is marked as unsafe. Set "
+                         "confirm_run_unsafe_code=True to run this task.")
+    hint = unsafe_hint(refusal)
+    assert hint is not None and hint.startswith("Attempted to run task: t which is marked")
+    assert "add 'confirm_run_unsafe_code: true' to the model or to the task entry" in hint
+    assert unsafe_hint(ValueError("something else")) is None
+    assert unsafe_hint(KeyError("marked as unsafe")) is None
