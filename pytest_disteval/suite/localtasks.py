@@ -255,8 +255,9 @@ def _load_with_includes(path: Path, chain: list[Path],
         raise LocalTaskError(path, _include_line(path),
                              f"include: {include!r} is not valid: a path to a task YAML "
                              "(or a list of them), relative to this file")
-    # as lm-eval's load_yaml_config: the first include listed wins, the file's own keys last
-    for rel in reversed(includes or []):
+    # as lm-eval 0.4.13's tasks/_yaml_loader.load_yaml: a later include wins over an earlier
+    # one, the file's own keys over both
+    for rel in includes or []:
         inc_path = (path.parent / rel).resolve()
         if not inc_path.is_file():
             # lm-eval fails on it when the task loads; here it is a collection error

@@ -202,3 +202,17 @@ def test_lm_evals_refusal_is_told_in_the_suites_terms() -> None:
     assert "add 'confirm_run_unsafe_code: true' to the model or to the task entry" in hint
     assert unsafe_hint(ValueError("something else")) is None
     assert unsafe_hint(KeyError("marked as unsafe")) is None
+
+
+def test_of_two_includes_the_later_one_wins_as_in_lm_eval(tmp_path: Path) -> None:
+    tasks = tmp_path / "tasks"
+    tasks.mkdir()
+    (tasks / "safe.yaml").write_text("unsafe_code: false\noutput_type: generate_until\n")
+    (tasks / "unsafe.yaml").write_text("unsafe_code: true\n")
+    (tasks / "a.yaml").write_text("include: [safe.yaml, unsafe.yaml]\ntask: a\n")
+    (tasks / "b.yaml").write_text("include: [unsafe.yaml, safe.yaml]\ntask: b\n")
+    from pytest_disteval.suite.localtasks import TaskIndex
+
+    index = TaskIndex([tasks])
+    assert unsafe_reason("a", index) is not None
+    assert unsafe_reason("b", index) is None
