@@ -172,6 +172,40 @@ SPECIAL_TOKENS_MAP = {
 }
 
 
+# tiny-arith-chat: the same weights and vocabulary, and a chat template that renders a
+# conversation in the format the model was trained on: user turns as they are, assistant
+# turns after the target delimiter " " and before the few-shot delimiter "\n\n", so a
+# multi-turn few-shot prompt (lm-eval's fewshot_as_multiturn) is the plain few-shot
+# prompt after a <bos>. A system message is put first, like a description.
+CHAT_TEMPLATE = (
+    "{{- bos_token -}}"
+    "{%- for message in messages -%}"
+    "{%- if message['role'] == 'system' -%}{{- message['content'] + '\n\n' -}}"
+    "{%- elif message['role'] == 'user' -%}{{- message['content'] -}}"
+    "{%- elif message['role'] == 'assistant' -%}{{- ' ' + message['content'] + '\n\n' -}}"
+    "{%- else -%}{{- raise_exception('roles are system, user and assistant') -}}"
+    "{%- endif -%}"
+    "{%- endfor -%}"
+)
+# the files tiny-arith-chat shares with tiny-arith (relative links: the repository stays small)
+CHAT_SHARED = ("config.json", "generation_config.json", "model.safetensors", "tokenizer.json",
+               "special_tokens_map.json")
+
+
+def save_chat_variant(trained: Path, out: Path) -> None:
+    """tiny-arith-chat: links to tiny-arith's files, and its own tokenizer_config.json."""
+    out.mkdir(parents=True, exist_ok=True)
+    for name in CHAT_SHARED:
+        link = out / name
+        if link.is_symlink() or link.exists():
+            link.unlink()
+        link.symlink_to(Path(os.path.relpath(trained / name, out)))
+    config = {**TOKENIZER_CONFIG, "chat_template": CHAT_TEMPLATE}
+    with open(out / "tokenizer_config.json", "w", encoding="utf-8", newline="\n") as f:
+        json.dump(config, f, indent=2)
+        f.write("\n")
+
+
 def save_tokenizer(tok: Tokenizer, out: Path) -> None:
     out.mkdir(parents=True, exist_ok=True)
     tok.save(str(out / "tokenizer.json"))
@@ -319,6 +353,8 @@ def quick_eval(model, tok: Tokenizer, test, pool, num_fewshot: int, seed: int = 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--data-only", action="store_true", help="write the data files and stop")
+    ap.add_argument("--chat-only", action="store_true",
+                    help="write demo/models/tiny-arith-chat (beside a trained tiny-arith) and stop")
     ap.add_argument(
         "--out",
         type=Path,
@@ -330,6 +366,10 @@ def main() -> int:
     data_dir = args.out / "suites" / "data"
     trained_dir = args.out / "demo" / "models" / "tiny-arith"
     untrained_dir = args.out / "demo" / "models" / "tiny-arith-untrained"
+    chat_dir = args.out / "demo" / "models" / "tiny-arith-chat"
+    if args.chat_only:
+        save_chat_variant(trained_dir, chat_dir)
+        return 0
 
     t_start = time.perf_counter()
     pool, test, train_pairs = build_data()
@@ -394,6 +434,7 @@ def main() -> int:
     train_s = time.perf_counter() - t_train
     model.eval()
     save_model(model, tok, trained_dir)
+    save_chat_variant(trained_dir, chat_dir)
 
     print(f"training: {args.steps} steps x {BATCH} streams in {train_s:.1f}s")
     for name, m in (("tiny-arith", model), ("tiny-arith-untrained", untrained)):

@@ -48,6 +48,15 @@ class LocalTask:
         value = self.config.get("output_type")
         return value if isinstance(value, str) else None
 
+    @property
+    def metrics_known(self) -> bool:
+        """False when a metric is a ``!function``: what it reports is known only after a run
+        (humaneval's ``!function utils.pass_at_k`` reports ``pass@1``)."""
+        metric_list = self.config.get("metric_list")
+        return self.kind == "group" or not isinstance(metric_list, list) or not any(
+            isinstance(e, dict) and str(e.get("metric", "")).startswith("!function ")
+            for e in metric_list)
+
     def metric_keys(self) -> dict[str, bool]:
         """Map ``metric,filter`` -> higher_is_better for the metrics this task reports."""
         if self.kind == "group":
@@ -203,6 +212,12 @@ class LocalTaskError(ValueError):
         self.problem = problem
 
 
+def load_config(path: Path) -> tuple[dict[str, Any], list[Path]]:
+    """A task YAML's config with its includes merged, and the files read for it."""
+    chain: list[Path] = []
+    return _load_with_includes(path, chain), chain
+
+
 _INCLUDE_RE = re.compile(r"^include[ \t]*:", re.M)
 
 
@@ -240,8 +255,9 @@ def _load_with_includes(path: Path, chain: list[Path],
         raise LocalTaskError(path, _include_line(path),
                              f"include: {include!r} is not valid: a path to a task YAML "
                              "(or a list of them), relative to this file")
-    # as lm-eval's load_yaml_config: the first include listed wins, the file's own keys last
-    for rel in reversed(includes or []):
+    # as lm-eval 0.4.13's tasks/_yaml_loader.load_yaml: a later include wins over an earlier
+    # one, the file's own keys over both
+    for rel in includes or []:
         inc_path = (path.parent / rel).resolve()
         if not inc_path.is_file():
             # lm-eval fails on it when the task loads; here it is a collection error

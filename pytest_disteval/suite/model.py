@@ -116,6 +116,8 @@ class TaskEntry:
     # with a limit: that many doc ids drawn at random with this seed, in the worker
     limit_seed: int | None = None
     samples_at: Loc | None = None  # where ``samples`` was written: out-of-range ids name it
+    # lm-eval's confirm_run_unsafe_code: the entry's own, else its model's (suite/unsafe.py)
+    confirm_run_unsafe_code: bool = False
 
     def eval_setting(self, key: str) -> Any:
         """The value ``simple_evaluate`` gets for ``key`` (one of EVAL_KEYS)."""
@@ -139,6 +141,8 @@ class TaskEntry:
             out["samples"] = list(self.samples)
         if self.limit_seed is not None:
             out["limit_seed"] = self.limit_seed
+        if self.confirm_run_unsafe_code:
+            out["confirm_run_unsafe_code"] = True
         return out
 
     @property
@@ -167,6 +171,7 @@ class ModelSpec:
     max_batch_size: int | None = None  # lm-eval's: the ceiling of batch_size auto
     # the EVAL_KEYS (and fewshot_seed) written on the model: its entries inherit them
     evaluation: dict[str, Any] = field(default_factory=dict)
+    confirm_run_unsafe_code: bool = False  # run tasks that execute model code (suite/unsafe.py)
 
     @property
     def weights(self) -> str:

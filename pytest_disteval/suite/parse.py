@@ -40,6 +40,8 @@ from pytest_disteval.suite.model import (
     Threshold,
     Tolerance,
 )
+from pytest_disteval.suite.unsafe import KEY as UNSAFE_KEY
+from pytest_disteval.suite.unsafe import unsafe_reason
 from pytest_disteval.units import parse_duration
 
 SCHEMA_PATH = Path(__file__).with_name("suite.schema.json")
@@ -276,6 +278,7 @@ def parse_suite(text: str, path: Path, root: Path | None = None, *,
             workdir = (suite_dir / data["workdir"]).resolve()
 
     index = TaskIndex(include_paths)
+    unsafe_seen: dict[str, str | None] = {}  # task -> why it runs model code: once per task
     defaults = data.get("defaults", yamlpos.PosDict())
     if not isinstance(defaults, yamlpos.PosDict):
         problems.add(data.line_of("defaults"), "defaults", "must be a mapping")
@@ -313,6 +316,7 @@ def parse_suite(text: str, path: Path, root: Path | None = None, *,
                          f"model name {model.name!r} is used twice in this suite; "
                          "give each model a distinct 'name'")
         seen_models.add(model.name)
+        model.confirm_run_unsafe_code = _consent(raw, where, problems) or False
         entries: dict[str, TaskEntry] = {}
         own: set[str] = set()
         for src, src_where in ((shared_tasks, "tasks"), (raw.get("tasks", []), f"{where}.tasks")):
@@ -326,6 +330,8 @@ def parse_suite(text: str, path: Path, root: Path | None = None, *,
                               _Inherited(model, default_eval, default_seed_key))
                 if entry is None:
                     continue
+                _check_unsafe(raw_task, entry, model, f"{src_where}[{j}]", where, index,
+                              problems, unsafe_seen)
                 if entry.name in entries and (src_where == "tasks" or entry.name in own):
                     problems.add(entry.loc.line, f"{src_where}[{j}].name",
                                  f"task entry name {entry.name!r} is used twice; "
@@ -632,7 +638,8 @@ def _task(raw: Any, where: str, line: int, defaults: yamlpos.PosDict, index: Tas
     thresholds: list[Threshold] = []
     raw_thresholds = _optional_mapping(raw, "thresholds", where, "{acc: 0.5} (metric -> bound)",
                                        problems)
-    known = local.metric_keys() if local is not None else None  # once per entry, not per use
+    # once per entry, not per use; None: checked after the run, as for a built-in task
+    known = local.metric_keys() if local is not None and local.metrics_known else None
     if raw_thresholds is not None:
         for metric, spec in raw_thresholds.items():
             if not _finite_bounds(spec, f"{where}.thresholds.{metric}",
@@ -731,6 +738,41 @@ def _regression(raw: yamlpos.PosDict, where: str, known: dict[str, bool] | None,
         tolerance = _tolerance(tol, f"{where}.regression.{metric}", line, shown, problems)
         out[key] = tolerance if tolerance.loc is not None else Tolerance(loc=Loc(shown, line))
     return out
+
+
+def _consent(raw: yamlpos.PosDict, where: str, problems: _Problems) -> bool | None:
+    """``confirm_run_unsafe_code`` of a model or task entry: True, False, or None (not given)."""
+    value = raw.get(UNSAFE_KEY)
+    if value is None or isinstance(value, bool):
+        return value
+    problems.add(raw.line_of(UNSAFE_KEY), f"{where}.{UNSAFE_KEY}",
+                 f"{value!r} is not valid: true or false (true lets lm-eval run code the "
+                 "model writes, on this machine; see docs/suites.md#tasks-that-run-model-code)")
+    return None
+
+
+def _check_unsafe(raw: yamlpos.PosDict, entry: TaskEntry, model: ModelSpec, where: str,
+                  model_where: str, index: TaskIndex, problems: _Problems,
+                  seen: dict[str, str | None]) -> None:
+    """Set the entry's consent (its own, else its model's); refuse an unsafe task without it."""
+    own = _consent(raw, where, problems) if UNSAFE_KEY in raw else None
+    entry.confirm_run_unsafe_code = model.confirm_run_unsafe_code if own is None else own
+    if entry.confirm_run_unsafe_code:
+        return
+    if entry.task not in seen:
+        seen[entry.task] = unsafe_reason(entry.task, index)
+    why = seen[entry.task]
+    if why is None:
+        return
+    if own is False:
+        at, fix = raw.line_of(UNSAFE_KEY), f"remove the entry or set {UNSAFE_KEY}: true"
+    else:
+        at = raw.line_of("task")
+        fix = (f"to run it, add '{UNSAFE_KEY}: true' to model {model.name!r} "
+               f"({model_where}, line {model.loc.line}) or to this task entry")
+    problems.add(at, f"{where}.task",
+                 f"task {entry.task!r} runs code the model writes ({why}); lm-eval runs it only "
+                 f"with consent: {fix}, and read docs/suites.md#tasks-that-run-model-code first")
 
 
 def _check_data_files(local: LocalTask, raw: yamlpos.PosDict, where: str,

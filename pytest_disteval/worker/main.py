@@ -89,6 +89,26 @@ def _check_template(lm: Any, template: bool | str) -> None:
                          "the tokenizer its template (tokenizer_config.json's chat_template)")
 
 
+def allow_code_eval(spec: WorkerSpec) -> None:
+    """HF_ALLOW_CODE_EVAL=1 in a worker whose suite consented to run model code: HF's
+    code_eval, which humaneval and mbpp score with, refuses without it (lm-eval's CLI
+    leaves it to the user). A value the user set stays; without consent, none is set."""
+    if any(run.settings.get("confirm_run_unsafe_code") for run in spec.runs):
+        os.environ.setdefault("HF_ALLOW_CODE_EVAL", "1")
+
+
+def unsafe_hint(exc: BaseException) -> str | None:
+    """lm-eval's refusal of an unsafe task, said in the suite's terms; None for anything else.
+    Collection refuses the unsafe tasks it can see; this is for those it cannot (a local tag,
+    a task defined inline in a group)."""
+    text = str(exc)
+    if not (isinstance(exc, ValueError) and "marked as unsafe" in text):
+        return None
+    return (f"{text.strip()} In the suite: add 'confirm_run_unsafe_code: true' to the model "
+            "or to the task entry; the task runs code the model writes, on this machine (see "
+            "docs/suites.md#tasks-that-run-model-code)")
+
+
 def _load_model(spec: WorkerSpec) -> Any:
     import lm_eval.api.registry
 
@@ -147,6 +167,7 @@ def _count_progress(lm: Any, spec: WorkerSpec) -> Any:
 def run(spec: WorkerSpec) -> dict[str, Any]:
     mode = spec.mode
     os.chdir(spec.workdir)  # lm-eval resolves relative data_files against the cwd
+    allow_code_eval(spec)
     started = time.perf_counter()
     import lm_eval
     from lm_eval.tasks import TaskManager
@@ -240,6 +261,7 @@ def run(spec: WorkerSpec) -> dict[str, Any]:
             kwargs = run_spec.evaluate_kwargs(spec.gen_kwargs)
             # the documents: a limit, or doc ids (the suite's, or a seeded draw)
             kwargs["limit"], kwargs["samples"] = limit, samples
+            kwargs["confirm_run_unsafe_code"] = bool(settings.get("confirm_run_unsafe_code"))
             if mode == "shard":
                 kwargs["bootstrap_iters"] = 0  # a shard's metrics are discarded: no stderr
             if mode != "score":
@@ -444,6 +466,11 @@ def main(argv: list[str]) -> int:
         print(f"[disteval] error: {exc}", file=sys.stderr, flush=True)
         return EXIT_BAD_REQUEST
     except Exception as exc:
+        hint = unsafe_hint(exc)
+        if hint is not None:  # a user's fix, not a crash
+            write_json_atomic(spec.error_path, {"message": hint})
+            print(f"[disteval] error: {hint}", file=sys.stderr, flush=True)
+            return EXIT_BAD_REQUEST
         # the traceback goes to the log; the items show its last line first
         traceback.print_exc()
         write_json_atomic(spec.error_path, {"message": f"{type(exc).__name__}: {exc}"})

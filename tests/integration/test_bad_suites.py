@@ -265,3 +265,27 @@ def test_a_large_suite_is_frozen_out_of_the_gc_after_collection(
     # during collection the GC is paused; after it, it runs again (on what is not frozen)
     result.stdout.fnmatch_lines(["GC False FROZEN False", f"AFTER True {frozen}",
                                  f"{entries} tests collected*"])
+
+
+# ------------------------------------------------------------------ 7. code the model writes
+
+
+def test_an_unsafe_task_without_consent(project: pytest.Pytester, demo: Demo,
+                                        warm_store: Path) -> None:
+    # lm-eval's humaneval runs the model's code: refused at collection, the good suite runs
+    write_suite(project, "bad", broken(demo, tasks=GOOD_TASKS + (
+        "  - task: humaneval\n    thresholds: {\"pass@1,create_test\": 0.1}\n")))
+    result, _ = run_beside_good(project, demo, warm_store)
+    expect(result, "suites/bad.yaml:13: tasks[1].task: task 'humaneval' runs code the model "
+                   "writes (lm-eval's tasks/humaneval/humaneval.yaml says unsafe_code: true); "
+                   "lm-eval runs it only with consent: to run it, add "
+                   "'confirm_run_unsafe_code: true' to model 'bad' (models[0], line 4) or to "
+                   "this task entry")
+
+
+def test_a_consent_that_is_not_a_bool(project: pytest.Pytester, demo: Demo,
+                                      warm_store: Path) -> None:
+    write_suite(project, "bad", broken(demo, model_extra="confirm_run_unsafe_code: 'yes'\n"))
+    result, _ = run_beside_good(project, demo, warm_store)
+    expect(result, "suites/bad.yaml:9: models[0].confirm_run_unsafe_code: 'yes' is not valid: "
+                   "true or false")
