@@ -11,8 +11,9 @@ import pytest
 
 from pytest_disteval.backends import BACKENDS
 from pytest_disteval.plan.layout import Layout, LayoutError
+from pytest_disteval.suite.checks import SCHEMA_PATH
 from pytest_disteval.suite.model import SuiteError
-from pytest_disteval.suite.parse import SCHEMA_PATH, load_suite
+from pytest_disteval.suite.parse import load_suite
 
 BASE = {"pretrained": "/models/llama", "dtype": "bfloat16", "gpu_memory_utilization": 0.8}
 

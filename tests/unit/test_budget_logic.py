@@ -21,8 +21,9 @@ from pytest_disteval.gpu.monitor import GpuSampler
 from pytest_disteval.items import budgets
 from pytest_disteval.jobs import record as jobrecord
 from pytest_disteval.plan.layout import Layout
+from pytest_disteval.suite.checks import SCHEMA_PATH
 from pytest_disteval.suite.model import SuiteError
-from pytest_disteval.suite.parse import SCHEMA_PATH, parse_suite
+from pytest_disteval.suite.parse import parse_suite
 from pytest_disteval.worker.counting import RequestCounter, leaf_map
 
 from fakenvml import FakeNvml

@@ -11,8 +11,9 @@ import jsonschema
 import pytest
 import yaml
 
+from pytest_disteval.suite.checks import SCHEMA_PATH
 from pytest_disteval.suite.model import SuiteError
-from pytest_disteval.suite.parse import SCHEMA_PATH, is_suite, load_suite
+from pytest_disteval.suite.parse import is_suite, load_suite
 
 ROOT = Path(__file__).resolve().parents[2]
 
