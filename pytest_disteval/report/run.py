@@ -21,6 +21,7 @@ import pytest
 
 from pytest_disteval import __version__
 from pytest_disteval.jobs.fingerprint import package_version
+from pytest_disteval.store.export import plain
 from pytest_disteval.store.results import read_json_object
 
 SCHEMA_VERSION = 1
@@ -31,16 +32,6 @@ _EXIT_NAMES = {0: "ok", 1: "tests_failed", 2: "interrupted", 3: "internal_error"
 
 def _now() -> str:
     return datetime.now(timezone.utc).isoformat(timespec="seconds")
-
-
-def _jsonable(value: Any) -> Any:
-    if value is None or isinstance(value, bool | int | float | str):
-        return value
-    if isinstance(value, dict):
-        return {str(k): _jsonable(v) for k, v in value.items()}
-    if isinstance(value, list | tuple):
-        return [_jsonable(v) for v in value]
-    return str(value)
 
 
 @dataclass
@@ -67,7 +58,7 @@ class RunRecorder:
             "model": props.get("model"),
             "job": report.nodeid.split("::", 1)[0] + "::" + str(props.get("model", "")),
             "duration_s": round(report.duration, 3),
-            "properties": _jsonable(props),
+            "properties": plain(props),
             "failure": (report.longreprtext or None) if report.failed else None,
             "skip_reason": _skip_reason(report),
         })

@@ -59,14 +59,14 @@ def redact(value: Any) -> Any:
     return value
 
 
-def _plain(value: Any) -> Any:
+def plain(value: Any) -> Any:
     """JSON-ready: numpy scalars and other objects become numbers or text."""
     if value is None or isinstance(value, bool | int | float | str):
         return value
     if isinstance(value, dict):
-        return {str(k): _plain(v) for k, v in value.items()}
+        return {str(k): plain(v) for k, v in value.items()}
     if isinstance(value, list | tuple):
-        return [_plain(v) for v in value]
+        return [plain(v) for v in value]
     try:
         return float(value)  # numpy scalars
     except (TypeError, ValueError):
@@ -107,7 +107,7 @@ def lines(logged: dict[str, list[dict[str, Any]]], entry: str,
     """The export lines of an entry's leaf ``tasks``, redacted, in lm-eval's order."""
     for task in tasks:
         for sample in logged.get(task) or []:
-            data = redact(_plain(record(sample, entry, task)))
+            data = redact(plain(record(sample, entry, task)))
             yield json.dumps(data, ensure_ascii=False, sort_keys=False)
 
 
