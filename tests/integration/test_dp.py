@@ -93,7 +93,10 @@ def test_ctrl_c_leaves_no_worker_and_no_lease(project: pytest.Pytester, demo: De
     proc = subprocess.Popen(
         [sys.executable, "-m", "pytest", "-p", "no:cacheprovider", "suites",
          f"--disteval-dir={base}", "--disteval-fake-gpus", "2x80GiB", "--dp", "2"],
-        cwd=project.path, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+        cwd=project.path, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+        # a shell that ran this in the background ignores SIGINT, and so would the child:
+        # Python then installs no KeyboardInterrupt handler and the Ctrl-C never lands
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     deadline = time.monotonic() + 120
     while time.monotonic() < deadline:
         log = base / "workers.jsonl"
