@@ -45,3 +45,23 @@ def test_the_offline_first_suite_collects_the_items_the_page_shows(
     shown = page.split("$ pytest suites/first.yaml --collect-only -q\n", 1)[1].split("\n\n")[0]
     result.stdout.fnmatch_lines(shown.splitlines())
     assert result.ret == 0
+
+
+def test_the_instruct_suite_parses_with_the_keys_the_page_names() -> None:
+    from pytest_disteval.suite.parse import SuiteError, parse_suite
+
+    shown = _shown()["suites/qwen-instruct.yaml"]
+    # a hub id, not a path: parsing needs no download
+    suite = parse_suite(shown, ROOT / "suites" / "qwen-instruct.yaml", ROOT)
+    (model,) = suite.models
+    entries = {e.task: e for e in model.tasks}
+    assert set(entries) == {"gsm8k", "mmlu_high_school_mathematics", "humaneval"}
+    assert all(e.eval_setting("apply_chat_template") is True for e in entries.values())
+    for task in ("gsm8k", "mmlu_high_school_mathematics"):
+        assert entries[task].num_fewshot == 5
+        assert entries[task].eval_setting("fewshot_as_multiturn") is True
+    # the page says collection refuses humaneval without the consent key: it does
+    without = "\n".join(line for line in shown.splitlines()
+                        if "confirm_run_unsafe_code" not in line)
+    with pytest.raises(SuiteError, match="add 'confirm_run_unsafe_code: true'"):
+        parse_suite(without, ROOT / "suites" / "qwen-instruct.yaml", ROOT)

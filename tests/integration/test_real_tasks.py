@@ -164,3 +164,58 @@ def test_an_unsafe_task_collection_cannot_see_fails_its_items_with_the_key_to_ad
     result.stdout.fnmatch_lines([
         "*Attempted to run task: arith_unsafe which is marked as unsafe.*In the suite: add "
         "'confirm_run_unsafe_code: true' to the model or to the task entry*"])
+
+
+CHAT_DIRECT = """
+import json, sys
+import lm_eval
+from lm_eval.tasks import TaskManager
+pretrained, tasks_dir, out = sys.argv[1], sys.argv[2], sys.argv[3]
+results = lm_eval.simple_evaluate(
+    model="hf", model_args={"pretrained": pretrained, "dtype": "float32"},
+    tasks=["gsm8k_cot_llama_local"], device="cpu", batch_size=64,
+    gen_kwargs={"max_gen_toks": 3}, apply_chat_template=True, fewshot_as_multiturn=True,
+    fewshot_random_seed=1234, task_manager=TaskManager(include_path=tasks_dir,
+                                                       include_defaults=False))
+json.dump({"results": results["results"]}, open(out, "w"), default=str)
+"""
+
+
+def test_gsm8k_chat_variant_through_the_chat_template_scores_as_simple_evaluate(
+        real: pytest.Pytester, tmp_path: Path) -> None:
+    from realtasks import builtin_tasks
+
+    chat = Path(__file__).resolve().parents[2] / "demo" / "models" / "tiny-arith-chat"
+    suites = real.path / "suites"
+    # lm-eval's chat-style gsm8k (its few-shot examples are inline): only a test split
+    (suites / "real_tasks" / "gsm8k_cot_llama_local.yaml").write_text(
+        f"include: {builtin_tasks() / 'gsm8k' / 'gsm8k-cot-llama.yaml'}\n"
+        "task: gsm8k_cot_llama_local\ndataset_path: json\ndataset_name: null\n"
+        "dataset_kwargs:\n  data_files: {test: data/gsm8k_test.jsonl}\n")
+    write_suite(real, "chat", "disteval: 1\ninclude: [real_tasks]\nmodels:\n"
+                + model_block("chat", chat) + "    gen_kwargs: {max_gen_toks: 3}\n"
+                "    apply_chat_template: true\n    fewshot_as_multiturn: true\n"
+                "tasks:\n  - task: gsm8k_cot_llama_local\n    thresholds: "
+                "{\"exact_match,strict-match\": 0.0, \"exact_match,flexible-extract\": 0.0}\n")
+    run = real.runpytest("suites", "--disteval-dir=base", "--disteval-samples")
+    run.assert_outcomes(passed=2)
+    ours = json.loads((real.path / "base/results/suites/chat/chat.json").read_text())
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1"}
+    subprocess.run([sys.executable, "-c", CHAT_DIRECT, str(chat), str(suites / "real_tasks"),
+                    str(tmp_path / "direct.json")], cwd=suites, env=env, check=True,
+                   capture_output=True)
+    theirs = json.loads((tmp_path / "direct.json").read_text())
+    task = "gsm8k_cot_llama_local"
+    assert ours["results"][task] == theirs["results"][task]
+    lines = [json.loads(line) for line in
+             (real.path / "base/results/suites/chat/chat.samples.jsonl").read_text().splitlines()]
+    assert len(lines) == 2 * 4  # four documents, two filters
+    for line in lines:
+        # the template's marks: its BOS text first, and each few-shot answer an assistant
+        # turn (" answer\n\n") before the next user turn
+        assert line["prompt"].startswith("<bos>"), line["prompt"][:40]
+        assert " There are 15 trees originally." in line["prompt"]
+        # the last user turn is the document, after the few-shot turns
+        assert line["prompt"].endswith(
+            "Problem: " + line["doc"]["question"] + "\nYour response should end with \"The "
+            "final answer is [answer]\" where [answer] is the response to the problem.\n")
